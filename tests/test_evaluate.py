@@ -1,0 +1,99 @@
+"""Evaluation: top-k counting on hand-made logits, the 10-crop protocol against torchvision's TenCrop, and
+evaluate.py on a trained demo checkpoint against the val_top1 its training run logged."""
+import json
+import pytest
+import torch
+import torchvision.transforms as T
+from torch.utils.data import DataLoader, TensorDataset
+
+from alexnet.engine import evaluate
+from alexnet.errors import UserError
+from alexnet.metrics import topk_correct
+
+
+# ---------------------------------------------------------------------------------------------------
+# top-1 / top-5 on hand-made logits
+# ---------------------------------------------------------------------------------------------------
+
+def test_topk_hand_made():
+    scores = torch.tensor([
+        [9., 1, 2, 3, 4, 5, 6],   # true 0: top-1
+        [1., 9, 2, 3, 4, 5, 6],   # true 2: rank 6 of 7 -> neither
+        [1., 2, 3, 4, 5, 6, 9],   # true 3: rank 4 -> top-5 only
+        [1., 2, 3, 4, 5, 6, 9],   # true 2: rank 5 -> top-5 only
+        [1., 2, 3, 4, 5, 6, 9],   # true 1: rank 6 -> neither
+    ])
+    target = torch.tensor([0, 2, 3, 2, 1])
+    assert topk_correct(scores, target, ks=(1, 5)) == [1, 3]
+    assert topk_correct(scores, target, ks=(1, 2, 7)) == [1, 1, 5]
+
+
+def test_topk_ties_count_against_the_prediction():
+    # true class tied with one other at the top: not top-1, but top-2 and top-5
+    tie_top = torch.tensor([[5., 5, 1, 0, 0, 0]])
+    assert topk_correct(tie_top, torch.tensor([1]), ks=(1, 2, 5)) == [0, 1, 1]
+    assert topk_correct(tie_top, torch.tensor([0]), ks=(1, 2, 5)) == [0, 1, 1]
+    # a constant output is never correct, whatever the class (6 classes: 5 others tie with the truth)
+    const = torch.zeros(4, 6)
+    assert topk_correct(const, torch.tensor([0, 1, 2, 5]), ks=(1, 5)) == [0, 0]
+    # true class tied with four others just below the top: 5 classes >= it besides itself -> not top-5
+    tie_mid = torch.tensor([[9., 3, 3, 3, 3, 3, 0]])
+    assert topk_correct(tie_mid, torch.tensor([3]), ks=(1, 5)) == [0, 0]
+    assert topk_correct(tie_mid, torch.tensor([0]), ks=(1, 5)) == [1, 1]
+
+
+class _Passthrough(torch.nn.Module):
+    """The 'model' returns its input: (N, K, 1, 1) -> logits (N, K), so the test chooses the logits."""
+
+    def forward(self, x):
+        return x.flatten(1)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 7, 64])
+def test_evaluate_batches_not_dividing_the_dataset(batch_size):
+    torch.manual_seed(0)
+    n, k = 23, 8
+    logits = torch.randn(n, k)
+    logits[:5] = 0.0                         # constant rows: ties everywhere, never correct
+    logits[5:9, 3] = logits[5:9].max(1).values  # tie with the maximum
+    target = torch.randint(0, k, (n,))
+    target[5:9] = 3
+    loader = DataLoader(TensorDataset(logits[:, :, None, None], target), batch_size=batch_size)
+    out = evaluate(_Passthrough(), loader, torch.device("cpu"))
+    c1, c5 = topk_correct(logits, target, ks=(1, 5))
+    assert out["n"] == n
+    assert out["top1"] == pytest.approx(100.0 * c1 / n, abs=1e-9)
+    assert out["top5"] == pytest.approx(100.0 * c5 / n, abs=1e-9)
+    assert out["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, target).item(), rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 10-crop: the softmax of the ten views averaged (Sec. 4.1)
+# ---------------------------------------------------------------------------------------------------
+
+def test_ten_crop_averages_softmax_like_torchvision_tencrop():
+    from dataloader.transforms import TenCrop
+
+    torch.manual_seed(0)
+    n, size, crop, k = 7, 12, 8, 5
+    images = torch.rand(n, 3, size, size)
+    target = torch.randint(0, k, (n,))
+    # A linear model over the whole crop: its output depends on where the crop is and on the flip.
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * crop * crop, k))
+    with torch.no_grad():
+        model[1].weight.mul_(20)  # spread the logits so the views really disagree
+
+    views = torch.stack([TenCrop(crop)(img) for img in images])  # (N, 10, 3, crop, crop): the project's views
+    assert views.shape == (n, 10, 3, crop, crop)
+    loader = DataLoader(TensorDataset(views, target), batch_size=3)  # 3 does not divide 7
+    out = evaluate(model, loader, torch.device("cpu"))
+
+    with torch.no_grad():  # direct computation with torchvision's TenCrop and a hand-written average
+        tv = torch.stack([torch.stack(T.TenCrop(crop)(img)) for img in images])  # (N, 10, 3, crop, crop)
+        probs = torch.stack([model(tv[i]).softmax(1).mean(0) for i in range(n)])  # (N, K)
+        spread = model(tv[0]).softmax(1).std(0).max().item()  # how much the ten views disagree
+    assert spread > 0.05  # otherwise the test could not tell an average from a single view
+    assert out["n"] == n
+    assert out["loss"] == pytest.approx(-probs[torch.arange(n), target].log().mean().item(), rel=1e-5)
+    assert out["top1"] == pytest.approx(100.0 * (probs.argmax(1) == target).sum().item() / n)
+    assert out["top5"] == pytest.approx(100.0 * topk_correct(probs, target, ks=(5,))[0] / n)
