@@ -1,0 +1,350 @@
+"""Prepare once: an ImageFolder tree -> a compact store of R x R images (the paper's Sec. 2 preprocessing).
+
+    python -m dataloader.prepare ROOT OUT [--workers N] [--format raw|jpeg] [--size 256] [--quality 90]
+
+Every image of ROOT/train and ROOT/val is decoded once, its shorter side scaled to R and its central
+R x R patch cut out (`dataloader.transforms.ResizeCenterSquare`, the same pixels as the ImageFolder
+path), in parallel over CPU cores. OUT then holds:
+
+    index.json            format, size, class names, image counts; written last: its presence means
+                          "complete and verified"
+    <split>.u8            raw: uint8 (N, R, R, 3), memory-mapped by dataloader.store (196 KB per image at 256)
+    <split>.jpg           jpeg: the N images JPEG-encoded back to back; <split>_offsets.npy int64 (N+1,)
+    <split>_labels.npy    int64 (N,) class index; -1 marks a source file skipped as unreadable
+    <split>_files.txt     source path of each image, relative to ROOT
+    stats.pt              the training stats (dataloader.stats format) from the same pass: no second decode
+
+Resumable: work proceeds in chunks; finished chunks (with a CRC32 of their bytes and their stats sums)
+are recorded in OUT/.work/progress.pt, so an interrupted run continues where it stopped. At the end the
+store is verified: image counts, the CRC32 of every chunk re-read from disk, and a few images re-decoded
+from the source and compared with the stored pixels.
+"""
+import argparse
+import hashlib
+import json
+import multiprocessing
+import os
+import random
+import shutil
+import time
+import zlib
+from io import BytesIO
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from alexnet.errors import UserError, run_main
+from dataloader.dataloader import scan_root
+from dataloader.images import BadImageError, open_image
+from dataloader.stats import save_stats, stats_from_sums
+from dataloader.transforms import ResizeCenterSquare
+
+SPLITS = ("train", "val")
+VERSION = 1
+
+
+def load_resized(path, size):
+    """The R x R uint8 array (R, R, 3) of the image at `path`, exactly as the ImageFolder path sees it."""
+    return np.asarray(ResizeCenterSquare(size)(open_image(path, "RGB")), dtype=np.uint8)
+
+
+def decode_jpeg(data):
+    """JPEG bytes -> uint8 array (H, W, 3)."""
+    with Image.open(BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+# ---------------------------------------------------------------- one chunk (runs in a worker process)
+
+def _do_chunk(task):
+    """Resize, store and measure the images of one chunk; returns its record (CRC, lengths, stats sums)."""
+    out, split, fmt, size = task["out"], task["split"], task["format"], task["size"]
+    n = len(task["paths"])
+    pixel_sum = np.zeros((size, size, 3), np.int64)       # exact integer sums for the mean image
+    gram = np.zeros((3, 3), np.float64)                     # sum of x x^T over [0,1] pixels
+    bad, blobs, crc = [], [], 0
+    arr = np.zeros((n, size, size, 3), np.uint8)
+    for i, path in enumerate(task["paths"]):
+        try:
+            arr[i] = load_resized(path, size)
+        except BadImageError as e:
+            if not task["skip_bad"]:
+                raise
+            bad.append((task["start"] + i, str(e)))         # slot stays zero, label becomes -1
+            continue
+        if task["stats"]:
+            pixel_sum += arr[i]
+            p = arr[i].reshape(-1, 3).astype(np.float64) / 255.0
+            gram += p.T @ p
+        if fmt == "jpeg":
+            buf = BytesIO()
+            Image.fromarray(arr[i]).save(buf, format="JPEG", quality=task["quality"])
+            blobs.append(buf.getvalue())
+    if fmt == "raw":
+        mm = np.memmap(os.path.join(out, f"{split}.u8"), np.uint8, "r+", shape=(task["total"], size, size, 3))
+        mm[task["start"]:task["start"] + n] = arr
+        mm.flush()
+        del mm
+        crc = zlib.crc32(arr)
+        lengths = []
+    else:
+        bad_idx = {b - task["start"] for b, _ in bad}
+        it = iter(blobs)
+        blobs = [b"" if i in bad_idx else next(it) for i in range(n)]   # a skipped image stores 0 bytes
+        data = b"".join(blobs)
+        _write_atomic(os.path.join(out, ".work", f"{split}_{task['chunk']:06d}.jpg"), data)
+        crc = zlib.crc32(data)
+        lengths = [len(b) for b in blobs]
+    return {"split": split, "chunk": task["chunk"], "n": n, "crc": crc, "lengths": lengths, "bad": bad,
+            "pixel_sum": torch.from_numpy(pixel_sum), "gram": torch.from_numpy(gram)}
+
+
+def _write_atomic(path, data):
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _crc_of_range(args):
+    path, offset, length = args
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return zlib.crc32(f.read(length))
+
+
+# ---------------------------------------------------------------- plan, progress, verification
+
+def _plan(root, size, fmt, quality, chunk_size):
+    """What to write: per split the (path, label) list; a fingerprint decides whether a resume may continue."""
+    class_names, train, val = scan_root(root)
+    samples = {"train": train, "val": val}
+    h = hashlib.sha1()
+    for split in SPLITS:
+        for p, label in samples[split]:
+            h.update(f"{split}\t{os.path.relpath(p, root)}\t{label}\n".encode())
+    key = {"version": VERSION, "format": fmt, "size": size, "quality": quality if fmt == "jpeg" else None,
+           "chunk_size": chunk_size, "files_sha1": h.hexdigest(),
+           "counts": {s: len(samples[s]) for s in SPLITS}}
+    return class_names, samples, key
+
+
+def _chunks(n, chunk_size):
+    return [(c, s, min(n, s + chunk_size)) for c, s in enumerate(range(0, n, chunk_size))]
+
+
+def _load_progress(work, key):
+    path = os.path.join(work, "progress.pt")
+    if not os.path.isfile(path):
+        return None
+    try:
+        prog = torch.load(path, weights_only=True)
+    except Exception:
+        return None  # a torn write cannot happen (atomic replace); anything else: start over
+    if prog.get("key") != json.dumps(key, sort_keys=True):
+        return "mismatch"
+    return prog
+
+
+def _save_progress(work, prog):
+    tmp = os.path.join(work, "progress.pt.tmp")
+    torch.save(prog, tmp)
+    os.replace(tmp, os.path.join(work, "progress.pt"))
+
+
+def _finish_split(out, split, fmt, n, chunks, records):
+    """jpeg: concatenate the chunk files into <split>.jpg and write the offsets. Returns [(crc, offset, len)]."""
+    ranges = []
+    if fmt == "raw":
+        per = os.path.getsize(os.path.join(out, f"{split}.u8")) // n
+        for c, s, e in chunks:
+            ranges.append((records[c]["crc"], s * per, (e - s) * per))
+        return ranges
+    lengths = np.concatenate([np.asarray(records[c]["lengths"], np.int64) for c, _, _ in chunks])
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    tmp = os.path.join(out, f"{split}.jpg.tmp")
+    with open(tmp, "wb") as f:
+        for c, s, e in chunks:
+            part = os.path.join(out, ".work", f"{split}_{c:06d}.jpg")
+            with open(part, "rb") as src:
+                shutil.copyfileobj(src, f)
+            ranges.append((records[c]["crc"], int(offsets[s]), int(offsets[e] - offsets[s])))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(out, f"{split}.jpg"))
+    np.save(os.path.join(out, f"{split}_offsets.npy"), offsets)
+    return ranges
+
+
+def verify(out, split, fmt, size, samples, ranges, pool, spot=8, seed=0):
+    """Check the written bytes (CRC32 of every chunk, re-read from disk) and spot-check decoded pixels.
+
+    Raises UserError naming the split and chunk (or image) that does not match.
+    """
+    path = os.path.join(out, f"{split}.u8" if fmt == "raw" else f"{split}.jpg")
+    args = [(path, off, length) for _, off, length in ranges]
+    crcs = list(pool.imap(_crc_of_range, args)) if pool is not None else [_crc_of_range(a) for a in args]
+    for c, ((want, _, _), got) in enumerate(zip(ranges, crcs)):
+        if want != got:
+            raise UserError(f"store {path}: chunk {c} does not match what was written (CRC32 {got:08x} != "
+                            f"{want:08x}); the disk may be failing: delete {out} and prepare again")
+    labels = np.load(os.path.join(out, f"{split}_labels.npy"))
+    from dataloader.store import StoreSplit  # the reader the training run will use
+    reader = StoreSplit(out, split)
+    rng = random.Random(seed)
+    good = [i for i in range(len(samples)) if labels[i] >= 0]
+    for i in rng.sample(good, min(spot, len(good))):
+        want = load_resized(samples[i][0], size)
+        got = reader.read([i])[0]
+        # raw: the same bytes; jpeg: lossy, a mean error above 5 levels means a wrong image
+        err = np.abs(got.astype(np.int16) - want).mean()
+        if (fmt == "raw" and err != 0) or err > 5:
+            raise UserError(f"store {path}: image {i} ({samples[i][0]}) differs from its source "
+                            f"(mean abs error {err:.2f}); delete {out} and prepare again")
+    return len(ranges)
+
+
+# ---------------------------------------------------------------- the command
+
+def prepare(root, out, *, workers=None, fmt="raw", size=256, quality=90, chunk_size=256, bad_images="error",
+            max_bad_images=100, progress=True, max_chunks=None):
+    """Build (or resume, or confirm) the store of ROOT at OUT. Returns the index dict, or None if stopped early.
+
+    max_chunks: process at most this many chunks in this call, then stop (the next call resumes).
+    """
+    if fmt not in ("raw", "jpeg"):
+        raise UserError(f"--format must be raw or jpeg, got {fmt!r}")
+    if size < 1 or chunk_size < 1 or not 1 <= quality <= 100:
+        raise UserError(f"--size and --chunk-size must be positive and --quality in 1..100 "
+                        f"(got {size}, {chunk_size}, {quality})")
+    workers = os.cpu_count() if workers is None else workers
+    class_names, samples, key = _plan(root, size, fmt, quality, chunk_size)
+    index_path = os.path.join(out, "index.json")
+    if os.path.isfile(index_path):
+        with open(index_path) as f:
+            index = json.load(f)
+        if index.get("key") == key:
+            if progress:
+                print(f"{out} already holds this store, complete and verified; nothing to do")
+            return index
+        raise UserError(f"{out} holds a store of other images or settings; delete it or choose another OUT")
+    work = os.path.join(out, ".work")
+    os.makedirs(work, exist_ok=True)
+    prog = _load_progress(work, key)
+    if prog == "mismatch":
+        raise UserError(f"{out} holds an unfinished store of other images or settings; delete {out} "
+                        "or choose another OUT")
+    if prog is None:  # a fresh start: allocate the raw files (sparse) and the record
+        for split in SPLITS:
+            if fmt == "raw":
+                with open(os.path.join(out, f"{split}.u8"), "wb") as f:
+                    f.truncate(len(samples[split]) * size * size * 3)
+        prog = {"key": json.dumps(key, sort_keys=True), "records": {s: {} for s in SPLITS},
+                "pixel_sum": torch.zeros(size, size, 3, dtype=torch.int64),   # train stats sums so far
+                "gram": torch.zeros(3, 3, dtype=torch.float64)}
+    tasks = []
+    for split in SPLITS:
+        n = len(samples[split])
+        for c, s, e in _chunks(n, chunk_size):
+            if c not in prog["records"][split]:
+                tasks.append({"out": out, "split": split, "format": fmt, "size": size, "quality": quality,
+                              "chunk": c, "start": s, "total": n, "paths": [p for p, _ in samples[split][s:e]],
+                              "stats": split == "train", "skip_bad": bad_images == "skip"})
+    stopped = max_chunks is not None and len(tasks) > max_chunks
+    tasks = tasks[:max_chunks] if max_chunks is not None else tasks
+    total = sum(len(samples[s]) for s in SPLITS)
+    todo = sum(len(t["paths"]) for t in tasks)
+    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
+    try:
+        results = pool.imap_unordered(_do_chunk, tasks) if pool is not None else map(_do_chunk, tasks)
+        bar = tqdm(total=total, initial=total - todo, unit="img", desc=f"prepare {out}", disable=not progress,
+                   dynamic_ncols=True)
+        last_save = time.monotonic()
+        for rec in results:
+            if rec["split"] == "train":
+                prog["pixel_sum"] += rec["pixel_sum"]
+                prog["gram"] += rec["gram"]
+            del rec["pixel_sum"], rec["gram"]   # small records: the progress file is rewritten often
+            prog["records"][rec["split"]][rec["chunk"]] = rec
+            bar.update(rec["n"])
+            nbad = sum(len(r["bad"]) for recs in prog["records"].values() for r in recs.values())
+            if nbad > max_bad_images:
+                raise UserError(f"more than {max_bad_images} unreadable images under {root}; "
+                                "fix or remove them (see the errors above), or raise --max-bad-images")
+            if time.monotonic() - last_save > 5:  # the record of finished chunks: what a resume keeps
+                _save_progress(work, prog)
+                last_save = time.monotonic()
+        bar.close()
+        _save_progress(work, prog)
+        if stopped:
+            return None
+        index = _finalize(root, out, fmt, size, class_names, samples, key, prog, chunk_size, pool, progress)
+    finally:
+        if pool is not None:
+            pool.terminate()
+    shutil.rmtree(work, ignore_errors=True)
+    return index
+
+
+def _finalize(root, out, fmt, size, class_names, samples, key, prog, chunk_size, pool, progress):
+    """All chunks are written: labels, file lists, stats; verify; then index.json (the completion mark)."""
+    counts, skipped = {}, {}
+    for split in SPLITS:
+        n = len(samples[split])
+        chunks = _chunks(n, chunk_size)
+        records = prog["records"][split]
+        missing = [c for c, _, _ in chunks if c not in records]
+        if missing:
+            raise UserError(f"store {out}: chunks {missing[:5]} of {split} were never written; rerun to resume")
+        labels = np.array([label for _, label in samples[split]], np.int64)
+        bad = [b for r in records.values() for b in r["bad"]]
+        for i, msg in bad:
+            labels[i] = -1
+            print(f"skipped: {msg}")
+        np.save(os.path.join(out, f"{split}_labels.npy"), labels)
+        with open(os.path.join(out, f"{split}_files.txt"), "w") as f:
+            f.writelines(os.path.relpath(p, root) + "\n" for p, _ in samples[split])
+        ranges = _finish_split(out, split, fmt, n, chunks, records)
+        verify(out, split, fmt, size, samples[split], ranges, pool)
+        counts[split], skipped[split] = int((labels >= 0).sum()), len(bad)
+        if counts[split] == 0:
+            raise UserError(f"no readable images in {root}/{split}")
+    pixel_sum = prog["pixel_sum"].permute(2, 0, 1).contiguous()        # (R, R, 3) -> (3, R, R)
+    save_stats(stats_from_sums(pixel_sum, prog["gram"], counts["train"]), os.path.join(out, "stats.pt"))
+    index = {"version": VERSION, "format": fmt, "size": size, "class_names": class_names,
+             "num_images": counts, "skipped": skipped, "stats": "stats.pt", "key": key}
+    tmp = os.path.join(out, "index.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(index, f, indent=1)
+    os.replace(tmp, os.path.join(out, "index.json"))
+    if progress:
+        print(f"wrote {out}: {fmt}, {size}x{size}, train {counts['train']} / val {counts['val']} images, "
+              f"{len(class_names)} classes; verified (counts, CRC32 of every chunk, re-decoded spot checks)")
+    return index
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Convert ROOT/{train,val}/<class>/* into a prepared R x R store.")
+    p.add_argument("root", help="data root holding train/<class>/* and val/<class>/*")
+    p.add_argument("out", help="folder to write the store to (resumes an interrupted run)")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--format", default="raw", choices=("raw", "jpeg"),
+                   help="raw: uint8 memory map, fastest to read; jpeg: about 10x smaller (README: Performance)")
+    p.add_argument("--size", type=int, default=256, help="R: shorter side, then central square (Sec. 2)")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality (--format jpeg)")
+    p.add_argument("--chunk-size", type=int, default=256, help="images per resumable unit of work")
+    p.add_argument("--bad-images", default="error", choices=("error", "skip"),
+                   help="unreadable source files: stop naming the file, or skip and count them")
+    p.add_argument("--max-bad-images", type=int, default=100)
+    a = p.parse_args(argv)
+    prepare(a.root, a.out, workers=a.workers, fmt=a.format, size=a.size, quality=a.quality,
+            chunk_size=a.chunk_size, bad_images=a.bad_images, max_bad_images=a.max_bad_images)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,286 @@
+"""Loading batches, not images, from a store made by `python -m dataloader.prepare ROOT OUT`.
+
+    loaders = build_store_loaders(cfg.data, batch_size=per_rank, seed=cfg.train.seed, device=device)
+    for images, targets in loaders.train: ...   # (B, 3, crop, crop) float on `device`, augmented; (B,) long
+
+Per batch: a background thread reads the whole batch (one gather from the memory map, or JPEG decodes
+spread over `data.workers` threads) into pinned memory while the current batch trains; the batch goes to
+the device as uint8 (4x less than float; on CUDA on a side stream, one batch ahead) and is augmented there,
+batched (`dataloader.gpu_augment`: crop, flip, PCA colour shift, mean subtraction, channels_last).
+On the CPU the reading thread augments too, so the training thread only trains.
+
+Order and sharding: the data issue's samplers (`ResumableSampler`, `ShardSampler`): the same permutation
+for the same (seed, epoch), `set_epoch(epoch, skip_batches)` for a mid-epoch resume. The augmentation of a
+batch draws from a generator seeded by the sample seed of its first image, a pure function of
+(seed, epoch, index): a resumed run draws the same crops, flips and colour shifts.
+Batches arrive augmented, so `Loaders.train_transform` / `val_transform` are None.
+"""
+import json
+import math
+import os
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from alexnet.errors import UserError
+from dataloader.dataloader import Loaders, ResumableSampler, ShardSampler, as_data_config, read_synsets
+from dataloader.gpu_augment import EvalAugment, TrainAugment
+from dataloader.stats import check_stats, imagenet_stats, load_stats
+
+PREPARE = "make it with: python -m dataloader.prepare ROOT STORE"
+
+
+class StoreSplit:
+    """One split of a prepared store: `len()`, `labels` (N,) int64 (-1: skipped), `read(indices)`.
+
+    Args:
+        root: the store folder; split: "train" or "val".
+    """
+
+    def __init__(self, root, split):
+        self.root, self.split = root, split
+        self.labels = np.load(os.path.join(root, f"{split}_labels.npy"))
+        n = len(self.labels)
+        raw, jpg = os.path.join(root, f"{split}.u8"), os.path.join(root, f"{split}.jpg")
+        if os.path.isfile(raw):
+            self.format = "raw"
+            per = os.path.getsize(raw) // max(n, 1)
+            self.size = int(round(math.sqrt(per / 3)))
+            if n * self.size * self.size * 3 != os.path.getsize(raw):
+                raise UserError(f"store file {raw} has {os.path.getsize(raw)} bytes, not {n} square RGB images; "
+                                f"delete the store and {PREPARE}")
+            self.data = np.memmap(raw, np.uint8, "r", shape=(n, self.size, self.size, 3))
+        elif os.path.isfile(jpg):
+            self.format = "jpeg"
+            self.offsets = np.load(os.path.join(root, f"{split}_offsets.npy"))
+            self.data = np.memmap(jpg, np.uint8, "r") if self.offsets[-1] > 0 else np.zeros(0, np.uint8)
+            first = int(np.argmax(np.diff(self.offsets) > 0))
+            self.size = self._decode(first).shape[0]
+        else:
+            raise UserError(f"store {root} has no {split}.u8 or {split}.jpg; {PREPARE}")
+
+    def __len__(self):
+        return len(self.labels)
+
+    def _decode(self, i):
+        from dataloader.prepare import decode_jpeg
+        return decode_jpeg(self.data[self.offsets[i]:self.offsets[i + 1]].tobytes())
+
+    def read(self, indices, out=None, pool=None):
+        """Images `indices` as uint8 (B, R, R, 3), written into `out` (a (B, R, R, 3) array) when given.
+
+        pool: a ThreadPoolExecutor spreading JPEG decodes over threads (PIL releases the GIL while decoding).
+        """
+        indices = np.asarray(indices, np.int64)
+        if out is None:
+            out = np.empty((len(indices), self.size, self.size, 3), np.uint8)
+        if self.format == "raw":
+            np.take(self.data, indices, axis=0, out=out)                 # one gather, no per-image Python
+            return out
+
+        def decode(k):
+            out[k] = self._decode(indices[k])
+        if pool is None:
+            for k in range(len(indices)):
+                decode(k)
+        else:
+            list(pool.map(decode, range(len(indices))))
+        return out
+
+
+class StoreLoader:
+    """Iterable of augmented batches `(images (B, 3, crop, crop) float, targets (B,) long)` on `device`.
+
+    Args:
+        split: a StoreSplit; positions: (M,) store indices the sampler's 0..M-1 stand for (skips -1 labels).
+        sampler: ResumableSampler (yields (position, sample_seed)) or ShardSampler (yields positions).
+        batch_size, drop_last: as a DataLoader's.
+        augment: TrainAugment or EvalAugment, called as augment(uint8 (B, 3, R, R) on device, generator).
+        device: where batches go; pinned memory and a side copy stream on CUDA.
+        workers: decode threads (jpeg stores). prefetch: batches read ahead.
+    """
+
+    def __init__(self, split, positions, sampler, batch_size, augment, device="cpu", drop_last=False,
+                 workers=2, prefetch=3):
+        self.dataset, self.positions, self.sampler = split, np.asarray(positions, np.int64), sampler
+        self.batch_size, self.augment, self.drop_last = batch_size, augment, drop_last
+        self.device = torch.device(device)
+        self.workers, self.prefetch = max(1, workers), max(1, prefetch)
+
+    def __len__(self):
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def batch_plan(self):
+        """[(store indices (B,) int64, batch seed)] of this pass, in order (the sampler's epoch and skip)."""
+        plan, items = [], list(self.sampler)
+        for s in range(0, len(items), self.batch_size):
+            part = items[s:s + self.batch_size]
+            if len(part) < self.batch_size and self.drop_last:
+                break
+            if isinstance(part[0], tuple):
+                pos, seed = [p for p, _ in part], part[0][1]      # the first image's sample seed
+            else:
+                pos, seed = part, 0
+            plan.append((self.positions[pos], seed))
+        return plan
+
+    def __iter__(self):
+        return _StoreIterator(self)
+
+
+class _StoreIterator:
+    """One pass: a reader thread fills a queue with host batches; __next__ finishes them on the device."""
+
+    def __init__(self, loader):
+        self.loader = loader
+        self.cuda = loader.device.type == "cuda"
+        self.queue = queue.Queue(maxsize=loader.prefetch)
+        self.stop = threading.Event()
+        self.copy_stream = torch.cuda.Stream(loader.device) if self.cuda else None
+        self.staged = None
+        self.thread = threading.Thread(target=self._read_all, args=(loader.batch_plan(),), daemon=True)
+        self.thread.start()
+
+    def _put(self, item):
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def _read_all(self, plan):
+        ld = self.loader
+        pool = ThreadPoolExecutor(ld.workers) if ld.dataset.format == "jpeg" and ld.workers > 1 else None
+        try:
+            for indices, seed in plan:
+                buf = torch.empty((len(indices), ld.dataset.size, ld.dataset.size, 3), dtype=torch.uint8,
+                                  pin_memory=self.cuda)
+                ld.dataset.read(indices, buf.numpy(), pool)
+                images = buf.permute(0, 3, 1, 2)                          # (B, 3, R, R), channels_last memory
+                targets = torch.from_numpy(ld.dataset.labels[indices])
+                if not self.cuda:  # on the CPU this thread is "the device": augment here, off the training thread
+                    images = ld.augment(images, torch.Generator().manual_seed(seed))
+                    targets = targets.to(ld.device)
+                if not self._put((images, targets, seed)):
+                    return
+            self._put(None)
+        except BaseException as e:  # hand it to the training thread, which re-raises it
+            self._put(e)
+        finally:
+            if pool is not None:
+                pool.shutdown()
+
+    def _get(self):
+        item = self.queue.get()
+        if isinstance(item, BaseException):
+            self.close()
+            raise item
+        return item
+
+    def _stage(self, item):
+        """Start the host -> device copy of one batch on the side stream (CUDA)."""
+        images, targets, seed = item
+        with torch.cuda.stream(self.copy_stream):
+            return (images.to(self.loader.device, non_blocking=True),
+                    targets.to(self.loader.device, non_blocking=True), seed)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if not self.cuda:
+            item = self._get()
+            if item is None:
+                self.close()
+                raise StopIteration
+            return item[0], item[1]
+        # CUDA: batch k was copied on the side stream; start batch k+1's copy, then augment batch k.
+        if self.staged is None:                                      # first call of the pass
+            item = self._get()
+            self.staged = self._stage(item) if item is not None else _END
+        if self.staged is _END:
+            self.close()
+            raise StopIteration
+        images, targets, seed = self.staged
+        current = torch.cuda.current_stream(self.loader.device)
+        current.wait_stream(self.copy_stream)                        # batch k's copy has landed
+        images.record_stream(current)                                # its memory is in use on `current`
+        targets.record_stream(current)
+        item = self._get()
+        self.staged = self._stage(item) if item is not None else _END
+        g = torch.Generator(device=self.loader.device).manual_seed(seed)
+        return self.loader.augment(images, g), targets
+
+    def close(self):
+        self.stop.set()
+
+    def __del__(self):
+        self.close()
+
+
+_END = (None, None, None)
+
+
+def _read_index(store):
+    path = os.path.join(store, "index.json")
+    if not os.path.isfile(path):
+        if os.path.isdir(os.path.join(store, ".work")):
+            raise UserError(f"store {store} is unfinished (an interrupted prepare); rerun the same "
+                            "python -m dataloader.prepare ROOT STORE command to finish it")
+        raise UserError(f"{store} is not a prepared store (no index.json); {PREPARE}")
+    with open(path) as f:
+        return json.load(f)
+
+
+def store_stats(data_cfg, store, size):
+    """data.stats for a store: "auto" -> the store's own stats.pt (made by prepare), "imagenet", or a file."""
+    if data_cfg.stats == "imagenet":
+        return imagenet_stats(size)
+    path = os.path.join(store, "stats.pt") if data_cfg.stats == "auto" else data_cfg.stats
+    return check_stats(load_stats(path), path, size, 3)
+
+
+def build_store_loaders(data_cfg, *, batch_size, seed, rank=0, world_size=1, device="cpu", eval_crops=1,
+                        in_channels=3):
+    """The train / val loaders of the prepared store at data_cfg.store (same fields as `build_loaders`).
+
+    Args as `dataloader.dataloader.build_loaders`; batch_size is PER RANK.
+    Returns Loaders whose batches are already augmented on `device` (train_transform = val_transform = None).
+    """
+    cfg = as_data_config(data_cfg)
+    store = cfg.store
+    index = _read_index(store)
+    size = index["size"]
+    if in_channels != 3:
+        raise UserError(f"a prepared store holds RGB images; model.in_channels={in_channels} needs the "
+                        "ImageFolder path (data.store='')")
+    if cfg.resize != size:
+        raise UserError(f"data.resize={cfg.resize} but the store {store} holds {size}x{size} images; set "
+                        f"data.resize={size} or prepare the store with --size {cfg.resize}")
+    if cfg.crop > size:
+        raise UserError(f"data.crop={cfg.crop} is larger than the store's {size}x{size} images")
+    stats = store_stats(cfg, store, size)
+    train, val = StoreSplit(store, "train"), StoreSplit(store, "val")
+    train_pos, val_pos = np.flatnonzero(train.labels >= 0), np.flatnonzero(val.labels >= 0)
+    if len(train_pos) // world_size < batch_size:
+        raise UserError(f"{len(train_pos)} training images give fewer than one batch of {batch_size} per rank "
+                        f"over {world_size} ranks; lower the batch size")
+    train_aug = TrainAugment(stats, cfg.crop, random_crop=cfg.random_crop, flip=cfg.flip, pca_sigma=cfg.pca_sigma,
+                             normalize=cfg.normalize, device=device)
+    val_aug = EvalAugment(stats, cfg.crop, crops=eval_crops, normalize=cfg.normalize, device=device)
+    sampler = ResumableSampler(len(train_pos), batch_size, seed, rank, world_size)
+    train_loader = StoreLoader(train, train_pos, sampler, batch_size, train_aug, device, True, cfg.workers)
+    val_loader = StoreLoader(val, val_pos, ShardSampler(len(val_pos), rank, world_size), batch_size, val_aug,
+                             device, False, cfg.workers)
+    class_names = index["class_names"]
+    labels = class_names
+    if cfg.synset_mapping:
+        names = read_synsets(cfg.synset_mapping)
+        labels = [names.get(c, c) for c in class_names]
+    return Loaders(train_loader, val_loader, class_names, stats, sampler, labels)
