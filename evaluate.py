@@ -24,12 +24,13 @@ from alexnet.config import DataConfig, config_from_dict
 from alexnet.distributed import cleanup, init_distributed
 from alexnet.engine import amp_setup, evaluate
 from alexnet.errors import UserError, run_main
-from dataloader.dataloader import build_eval_loader, list_classes
+from dataloader.dataloader import build_eval_loader, find_classes
 
 # torchvision's preprocessing for its ImageNet weights: shorter side 256, centre 224, channel mean / std
 # (pixels in [0, 1]). Used only with --torchvision-weights.
 TORCHVISION_DATA = dict(resize=256, crop=224, normalize="channel")
-TORCHVISION_STATS = {"mean": torch.tensor([0.485, 0.456, 0.406]), "std": torch.tensor([0.229, 0.224, 0.225])}
+_MEAN, _STD = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+TORCHVISION_STATS = {"mean": _MEAN, "std": _STD, "mean_image": _MEAN[:, None, None].expand(3, 256, 256).clone()}
 
 
 def split_dir(data):
@@ -44,7 +45,7 @@ def split_dir(data):
 
 def check_classes(expected, split):
     """The folder's class set must equal the checkpoint's: otherwise output index i means another class."""
-    found = list_classes(split)
+    found = find_classes(split)
     if found == list(expected):
         return
     missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
@@ -105,7 +106,8 @@ def main(argv=None):
         if class_names is not None:
             check_classes(class_names, split)
         loader, class_names = build_eval_loader(split, class_names, stats, data_cfg, args.batch_size,
-                                                crops=args.crops, rank=info.rank, world_size=info.world_size)
+                                                crops=args.crops, rank=info.rank, world_size=info.world_size,
+                                                in_channels=model.conv1.in_channels, device=device)
         model.to(device).eval()
         start = time.perf_counter()
         amp_dtype = amp_setup(args.amp, device)[0]  # train.amp's rule, so results match the training logs

@@ -1,13 +1,18 @@
 """Evaluation: top-k counting on hand-made logits, the 10-crop protocol against torchvision's TenCrop, and
 evaluate.py on a trained demo checkpoint against the val_top1 its training run logged."""
 import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torchvision.transforms as T
 from torch.utils.data import DataLoader, TensorDataset
 
+import evaluate as evaluate_script
 from alexnet.engine import evaluate
-from alexnet.errors import UserError
+from alexnet.errors import UserError, run_main
 from alexnet.metrics import topk_correct
 
 
@@ -97,3 +102,67 @@ def test_ten_crop_averages_softmax_like_torchvision_tencrop():
     assert out["loss"] == pytest.approx(-probs[torch.arange(n), target].log().mean().item(), rel=1e-5)
     assert out["top1"] == pytest.approx(100.0 * (probs.argmax(1) == target).sum().item() / n)
     assert out["top5"] == pytest.approx(100.0 * topk_correct(probs, target, ks=(5,))[0] / n)
+
+
+# ---------------------------------------------------------------------------------------------------
+# evaluate.py on a trained demo checkpoint
+# ---------------------------------------------------------------------------------------------------
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_BATCH = 120  # one step over the 120 tiny training images; the 40 val images are one eval batch
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, demo_root):
+    """A one-epoch train.py run on the tiny demo set (64 px crops): (run dir, demo root).
+
+    test_predict.py and test_visualize.py import this fixture; pytest then makes one instance per
+    module, so the run is cached in the session's base temp folder and trained only once.
+    """
+    out = tmp_path_factory.getbasetemp() / "eval_trained_run"
+    if not (out / "best.pt").exists():
+        cmd = [sys.executable, "train.py", "--config", "configs/demo.yaml", "--data", demo_root, "--epochs", "1",
+               "--out", str(out), "--device", "cpu", "--batch-size", str(TRAIN_BATCH), "data.resize=64",
+               "data.crop=64", "data.workers=0", "data.demo=false", "train.log_images=false"]
+        done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    return out, demo_root
+
+
+def test_evaluate_script_matches_the_logged_val_top1(trained_run, tmp_path, capsys):
+    run, root = trained_run
+    ckpt = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    row = next(r for r in logged if r["epoch"] == ckpt["epoch"])
+    out = tmp_path / "eval.json"
+    code = evaluate_script.main(["--checkpoint", str(run / "best.pt"), "--data", root, "--crops", "1",
+                                 "--batch-size", str(TRAIN_BATCH), "--device", "cpu", "--json", str(out)])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["images"] == 40
+    assert result["top1"] == row["val_top1"]            # the same function on the same batches: exact
+    assert result["top5"] == row["val_top5"]
+    assert result["loss"] == pytest.approx(row["val_loss"], rel=1e-6)
+    assert result["top1_error"] == pytest.approx(100 - row["val_top1"])
+    printed = capsys.readouterr().out
+    assert "40 images" in printed and f"top-1 accuracy {row['val_top1']:.3f} %" in printed
+    # --data may also name the split folder itself
+    assert evaluate_script.split_dir(root) == os.path.join(root, "val")
+    assert evaluate_script.split_dir(os.path.join(root, "train")) == os.path.join(root, "train")
+
+
+def test_evaluate_script_class_mismatch_lists_the_difference(trained_run, tmp_path):
+    run, root = trained_run
+    other = tmp_path / "val"
+    for name in ("circle", "ring", "hexagon"):
+        os.makedirs(other / name)
+    with pytest.raises(UserError, match=r"missing from the data: checker.*not in the checkpoint: hexagon"):
+        evaluate_script.main(["--checkpoint", str(run / "best.pt"), "--data", str(tmp_path), "--device", "cpu"])
+
+
+def test_evaluate_script_missing_checkpoint_exits_2_with_one_line(demo_root, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(evaluate_script.main, ["--checkpoint", str(tmp_path / "missing.pt"), "--data", demo_root])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "missing.pt" in err
