@@ -5,7 +5,8 @@
 The exported program maps normalised images (N, C, crop, crop) to logits (N, num_classes), with a
 dynamic batch size. Preprocessing is the checkpoint's (resize, centre crop, normalisation); its
 description and the class names are stored next to the program as `extra_files["meta.json"]`.
-After exporting, the program's outputs are compared with the eager model's and the largest
+The paper's LRN layers are exported as torch.nn.LocalResponseNorm with alpha * n (the same function,
+standard ops). After exporting, the program's outputs are compared with the eager model's and the largest
 difference is printed. ONNX needs the optional `onnx` and `onnxscript` packages (not needed to train).
 
 Load the program back with:
@@ -15,12 +16,28 @@ Load the program back with:
     logits = program.module()(images)
 """
 import argparse
+import copy
 import json
 
 import torch
 
 from alexnet.checkpoint import load_checkpoint, model_from_checkpoint
 from alexnet.errors import UserError, run_main
+from alexnet.lrn import LocalResponseNorm
+
+
+def export_friendly(model):
+    """A copy of `model` with each LocalResponseNorm replaced by torch.nn.LocalResponseNorm(n, alpha * n,
+    beta, k): the same function (Sec. 3.3; torch divides alpha by n, see alexnet/lrn.py) made of standard
+    ops. The fast custom LRN loops over batch chunks in Python, which would fix the batch size of the
+    exported program; torch's module traces with a dynamic batch, and ONNX maps it to its LRN operator."""
+    model = copy.deepcopy(model)
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, LocalResponseNorm):
+                setattr(parent, name, torch.nn.LocalResponseNorm(child.size, child.alpha * child.size,
+                                                                 child.beta, child.k))
+    return model
 
 
 def export_model(model, example):
@@ -28,7 +45,7 @@ def export_model(model, example):
 
     Returns an `ExportedProgram`; `program.module()(x)` runs it.
     """
-    model.eval()
+    model = export_friendly(model).eval()
     with torch.no_grad():
         return torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
 
@@ -78,7 +95,7 @@ def main(argv=None):
         except ImportError:
             raise UserError("--onnx needs the optional packages onnx and onnxscript: "
                             "pip install onnx onnxscript (the .pt2 export was written)") from None
-        torch.onnx.export(model, (example,), a.onnx, dynamo=True, input_names=["images"],
+        torch.onnx.export(export_friendly(model), (example,), a.onnx, dynamo=True, input_names=["images"],
                           output_names=["logits"], dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
         print(f"wrote {a.onnx}")
     return 0
