@@ -2,6 +2,7 @@
 evaluate.py on a trained demo checkpoint against the val_top1 its training run logged."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -166,3 +167,32 @@ def test_evaluate_script_missing_checkpoint_exits_2_with_one_line(demo_root, tmp
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "missing.pt" in err
+
+
+def test_torchvision_weights_use_torchvision_preprocessing(demo_root, tmp_path):
+    """--torchvision-weights: the same accuracy as torchvision's AlexNet fed by torchvision's own pipeline
+    (ImageFolder, Resize(256), CenterCrop(224), ToTensor, Normalize with ImageNet's mean / std)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    tv_model = torchvision.models.alexnet(num_classes=10).eval()
+    weights = tmp_path / "alexnet_tv.pth"
+    torch.save(tv_model.state_dict(), weights)
+    split = tmp_path / "val"  # 3 classes x 4 images: 224 px passes are the slow part
+    for name in ("circle", "ring", "star"):
+        shutil.copytree(os.path.join(demo_root, "val", name), split / name)
+    out = tmp_path / "eval.json"
+    assert evaluate_script.main(["--torchvision-weights", str(weights), "--data", str(split), "--device", "cpu",
+                                 "--batch-size", "5", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+
+    tf = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(),
+                    T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    ds = torchvision.datasets.ImageFolder(str(split), tf)
+    images, targets = next(iter(DataLoader(ds, batch_size=len(ds))))
+    with torch.no_grad():
+        logits = tv_model(images)
+    c1, c5 = topk_correct(logits, targets)
+    assert result["images"] == len(ds) == 12
+    assert result["top1"] == pytest.approx(100.0 * c1 / 12) and result["top5"] == pytest.approx(100.0 * c5 / 12)
+    assert result["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, targets).item(), rel=1e-4)
