@@ -1,0 +1,121 @@
+"""alexnet.LocalResponseNorm: the paper's formula (Sec. 3.3), forward and backward, on tiny tensors."""
+import pytest
+import torch
+
+import alexnet.lrn as lrn_mod
+from alexnet import LocalResponseNorm
+
+
+def direct_lrn(a, n=5, alpha=1e-4, beta=0.75, k=2.0):
+    """The paper's formula written out channel by channel: b_i = a_i / (k + alpha sum_j a_j^2)^beta."""
+    channels = a.shape[1]
+    out = []
+    for i in range(channels):
+        lo, hi = max(0, i - n // 2), min(channels - 1, i + (n - 1) // 2)   # n // 2 each side for odd n
+        s = (a[:, lo:hi + 1] ** 2).sum(dim=1)
+        out.append(a[:, i] / (k + alpha * s) ** beta)
+    return torch.stack(out, dim=1)
+
+
+def post_relu(*shape, scale=3.0, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return torch.relu(torch.randn(*shape, generator=g, dtype=dtype) * scale)
+
+
+def fwd_bwd(module, x, grad):
+    x = x.detach().clone().requires_grad_()
+    y = module(x)
+    y.backward(grad)
+    return y.detach(), x.grad
+
+
+def rel_err(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0])   # 30: alpha * S comparable to k, the LRN term matters
+def test_matches_paper_formula_forward_and_backward(scale):
+    x = post_relu(2, 11, 5, 4, scale=scale)
+    grad = torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    y_ref, g_ref = fwd_bwd(direct_lrn, x, grad)
+    y64, g64 = fwd_bwd(LocalResponseNorm(), x, grad)
+    assert rel_err(y64, y_ref) < 1e-12 and rel_err(g64, g_ref) < 1e-12
+    y32, g32 = fwd_bwd(LocalResponseNorm(), x.float(), grad.float())
+    assert y32.dtype == torch.float32
+    assert rel_err(y32.double(), y_ref) < 1e-5 and rel_err(g32.double(), g_ref) < 1e-5
+    # The LRN term is not negligible at this scale: the output differs from a / k^beta.
+    if scale > 10:
+        assert rel_err(y_ref, x / 2.0 ** 0.75) > 0.1
+
+
+@pytest.mark.parametrize("size,channels", [(5, 16), (1, 4), (2, 6), (3, 7), (4, 9), (7, 3), (5, 1)])
+def test_equals_torch_lrn_with_alpha_times_size(size, channels):
+    alpha, beta, k = 1e-3, 0.75, 2.0
+    x = post_relu(3, channels, 6, 5, scale=10.0).float()
+    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
+    ref = torch.nn.LocalResponseNorm(size, alpha * size, beta, k)
+    ours = LocalResponseNorm(size, alpha, beta, k)
+    y_ref, g_ref = fwd_bwd(ref, x, grad)
+    y, g = fwd_bwd(ours, x, grad)
+    assert rel_err(y, y_ref) < 1e-5
+    assert rel_err(g, g_ref) < 1e-5
+
+
+@pytest.mark.parametrize("size,beta", [(5, 0.75), (4, 0.5), (3, 1.3)])
+def test_gradcheck_float64(size, beta):
+    x = (torch.randn(2, 7, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * 5)
+    x.requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: LocalResponseNorm(size, 1e-2, beta, 2.0)(t), (x,))
+
+
+def test_batch_chunks_give_the_same_result(monkeypatch):
+    x = post_relu(7, 12, 5, 5, scale=20.0).float()
+    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(4))
+    whole = fwd_bwd(LocalResponseNorm(), x, grad)
+    monkeypatch.setattr(lrn_mod, "_CHUNK_ELEMENTS", 2 * 12 * 25)      # chunks of 2 samples: 2, 2, 2, 1
+    assert len(lrn_mod._chunks(x)) == 4
+    chunked = fwd_bwd(LocalResponseNorm(), x, grad)
+    assert torch.allclose(whole[0], chunked[0], rtol=1e-6, atol=0)
+    assert torch.allclose(whole[1], chunked[1], rtol=1e-6, atol=1e-7)
+
+
+def test_channels_last_and_no_grad():
+    x = post_relu(2, 10, 6, 6, scale=20.0).float()
+    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
+    y_ref, g_ref = fwd_bwd(LocalResponseNorm(), x, grad)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    y, g = fwd_bwd(LocalResponseNorm(), xc, grad.contiguous(memory_format=torch.channels_last))
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(y, y_ref, rtol=1e-6, atol=0) and torch.allclose(g, g_ref, rtol=1e-5, atol=1e-7)
+    with torch.no_grad():
+        assert torch.equal(LocalResponseNorm()(x), y_ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_inputs(dtype):
+    x = post_relu(2, 8, 5, 5, scale=20.0).float()
+    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(6))
+    y_ref, g_ref = fwd_bwd(LocalResponseNorm(), x.to(dtype).float(), grad.to(dtype).float())
+    y, g = fwd_bwd(LocalResponseNorm(), x.to(dtype), grad.to(dtype))
+    assert y.dtype == dtype and g.dtype == dtype
+    # Computed in float32 inside: only the final rounding to the half type differs.
+    assert rel_err(y.float(), y_ref) < 1e-2 and rel_err(g.float(), g_ref) < 1e-2
+
+
+def test_other_ranks_and_empty_batch():
+    x3 = post_relu(2, 9, 7, scale=10.0)
+    assert rel_err(LocalResponseNorm()(x3), direct_lrn(x3.unsqueeze(-1)).squeeze(-1)) < 1e-12
+    x5 = post_relu(1, 6, 2, 3, 2, scale=10.0)
+    y5 = LocalResponseNorm()(x5)
+    assert rel_err(y5, direct_lrn(x5.flatten(2)).view_as(x5)) < 1e-12
+    assert LocalResponseNorm()(torch.empty(0, 4, 3, 3)).shape == (0, 4, 3, 3)
+    with pytest.raises(ValueError):
+        LocalResponseNorm()(torch.ones(4, 3))
+    with pytest.raises(ValueError):
+        LocalResponseNorm(size=0)
+
+
+def test_paper_alpha_is_not_divided_by_size():
+    x = torch.full((1, 5, 1, 1), 10.0)                 # centre channel: S = 5 * 100 = 500
+    y = LocalResponseNorm(5, 1e-4, 0.75, 2.0)(x)
+    assert y[0, 2, 0, 0].item() == pytest.approx(10.0 / (2.0 + 1e-4 * 500) ** 0.75, rel=1e-6)
