@@ -16,8 +16,8 @@ import sys
 
 import torch
 
-from alexnet.checkpoint import (VERSION, load_checkpoint, load_state_checked, rng_state, save_checkpoint,
-                                set_rng_state)
+from alexnet.checkpoint import (VERSION, link_checkpoint, load_checkpoint, load_state_checked, rng_state,
+                                save_checkpoint, set_rng_state)
 from alexnet.config import load_config, to_dict
 from alexnet.distributed import all_gather_object, barrier, cleanup, init_distributed, per_rank_batch, wrap_ddp
 from alexnet.engine import StopRequest, amp_setup, build_optimizer, evaluate, train_one_epoch
@@ -48,7 +48,7 @@ def parse_config(argv=None):
     p.add_argument("--device", help="auto | cpu | cuda")
     p.add_argument("--seed", help="random seed (0)")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. optim.lr=0.02 model.lrn=false")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)   # key=value overrides may come before and after flags
     flags = [f"{key}={getattr(args, name)}" for name, key in FLAGS.items() if getattr(args, name) is not None]
     return load_config(args.config, flags + args.overrides)
 
@@ -82,15 +82,16 @@ def resume_path(cfg):
 def main(argv=None):
     cfg = parse_config(argv)
     info, device = init_distributed(cfg.train.device)
+    stop = StopRequest().install()
     try:
-        return train(cfg, info, device)
+        return train(cfg, info, device, stop)
     finally:
+        stop.restore()
         cleanup()
 
 
-def train(cfg, info, device):
+def train(cfg, info, device, stop):
     t = cfg.train
-    torch.manual_seed(t.seed)                      # the same initial weights on every rank
     ckpt_path = resume_path(cfg)
     ckpt = load_checkpoint(ckpt_path) if ckpt_path else None    # before anything is written: bad file -> error
 
@@ -99,6 +100,7 @@ def train(cfg, info, device):
     if len(loaders.class_names) != cfg.model.num_classes:
         raise UserError(f"model.num_classes={cfg.model.num_classes} but the data has {len(loaders.class_names)} "
                         f"classes; pass --num_classes {len(loaders.class_names)}")
+    torch.manual_seed(t.seed)                      # the same initial weights on every rank, whatever ran before
     model = build_model(cfg.model)
     if ckpt is not None:
         load_state_checked(model, ckpt["model"])
@@ -138,7 +140,6 @@ def train(cfg, info, device):
     global_step = start_epoch * steps_per_epoch + start_batch
     run = RunLog(t.out, cfg, enabled=info.is_main, start_epoch=start_epoch,
                  purge_step=global_step if ckpt is not None else None, world_size=info.world_size)
-    stop = StopRequest().install()
     last, best_path = os.path.join(t.out, "last.pt"), os.path.join(t.out, "best.pt")
 
     def checkpoint(epoch, step, progress=None):
@@ -201,9 +202,11 @@ def train(cfg, info, device):
         run.epoch(record, step)
         state = checkpoint(epoch + 1, step)
         if info.is_main:
-            if is_best:  # best first: a kill between the two saves leaves last.pt one epoch behind, not ahead
-                save_checkpoint(state, best_path)
-            save_checkpoint(state, last)
+            # best.pt first, then last.pt as a hard link to it: written once, and a kill between the two
+            # leaves last.pt one epoch behind (redone on resume), never a best.pt older than best_metric.
+            save_checkpoint(state, best_path if is_best else last)
+            if is_best:
+                link_checkpoint(best_path, last)
             print(f"epoch {epoch + 1}/{t.epochs}: train loss {record['train_loss']:.3f} top-1 "
                   f"{record['train_top1']:.1f}% | val loss {val['loss']:.3f} top-1 {val['top1']:.1f}% "
                   f"top-5 {val['top5']:.1f}% | lr {lr:g} | {result['time']:.0f}s "

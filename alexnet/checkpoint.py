@@ -44,6 +44,22 @@ def save_checkpoint(obj, path):
         pass
 
 
+def link_checkpoint(src, dst):
+    """Make `dst` the same file as `src` (best.pt = last.pt of the best epoch) without writing it twice:
+    a hard link under a temp name, then os.replace, so `dst` is always whole. Falls back to a copy where
+    the file system has no hard links."""
+    import shutil
+
+    tmp = os.path.join(os.path.dirname(os.path.abspath(dst)), f".{os.path.basename(dst)}.link{os.getpid()}")
+    if os.path.exists(tmp):
+        os.remove(tmp)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
 def load_checkpoint(path, map_location="cpu"):
     """Load a checkpoint dict with weights_only=True; missing / empty / truncated files -> UserError."""
     path = os.fspath(path)

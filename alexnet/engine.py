@@ -64,12 +64,18 @@ class StopRequest:
     """
 
     def __init__(self):
-        self.signum = None
+        self.signum, self.previous = None, {}
 
     def install(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handle)
+            self.previous[sig] = signal.signal(sig, self._handle)
         return self
+
+    def restore(self):
+        """Put back the handlers that were there before install() (train.main() called in-process)."""
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
 
     def _handle(self, signum, frame):
         if self.signum is not None and signum == signal.SIGINT:
