@@ -38,26 +38,27 @@ def ten_crop_offsets(size, crop):
 
 
 def crop_flip(images, top, left, crop, flip=None, source=None):
-    """Cut crop x crop patches at per-patch offsets, mirrored where `flip` is True: one gather, no loop.
+    """Cut crop x crop patches at per-patch offsets, mirrored where `flip` is True; no loop over images.
 
-    images: (B, 3, S, S) any dtype and memory format (channels_last is the cheap one);
+    images: (B, 3, S, S) any dtype; channels_last memory is read in place, other layouts cost one copy.
     top, left: (M,) long; flip: (M,) bool or None; source: (M,) long, the image each patch comes from
     (default: patch i from image i, M = B).
     Returns (M, crop, crop, 3), contiguous NHWC (permute(0, 3, 1, 2) gives channels_last NCHW).
     """
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"expected images (B, 3, H, W), got {tuple(images.shape)}")
-    nhwc = images.permute(0, 2, 3, 1)                                # (B, S, S, 3) view
+    nhwc = images.permute(0, 2, 3, 1).contiguous()                  # (B, S, S, 3); free for channels_last
     b, h, w, c = nhwc.shape
-    sb, sh, sw, sc = nhwc.stride()
-    # A view of every crop x crop window: (B, S-crop+1, S-crop+1, crop, crop, 3). Indexing it with
-    # (image, top, left) copies whole windows, far faster than gathering pixel by pixel.
-    windows = nhwc.as_strided((b, h - crop + 1, w - crop + 1, crop, crop, c), (sb, sh, sw, sh, sw, sc),
-                              nhwc.storage_offset())
+    flat = nhwc.view(-1)
+    # Every run of `crop` consecutive pixels, as one row of crop * 3 values (overlapping windows of the
+    # flat buffer): a patch is `crop` such rows, so one index_select of whole rows cuts all patches.
+    # Measured on 2 CPU cores: 4x faster than advanced indexing of the pixels.
+    windows = flat.as_strided((b * h * w - crop + 1, crop * c), (c, 1))
     src = torch.arange(b, device=images.device) if source is None else source
-    out = windows[src, top, left]                                    # (M, crop, crop, 3)
-    if flip is not None:
-        # torch.where, not masked assignment: no host sync on the GPU.
+    ar = torch.arange(crop, device=images.device)
+    first = ((src * h)[:, None] + top[:, None] + ar) * w + left[:, None]   # (M, crop): first pixel of each row
+    out = windows.index_select(0, first.reshape(-1)).view(-1, crop, crop, c)
+    if flip is not None:  # torch.where: no host sync on the GPU (and faster than masked copies on the CPU)
         out = torch.where(flip[:, None, None, None], out.flip(2), out)
     return out
 
@@ -84,9 +85,10 @@ class _Normalize:
             raise ValueError(f"normalize must be 'mean_image' or 'channel', got {mode!r}")
         self.mode, self.div = mode, None
         if mode == "mean_image":
-            # (3, R, R) -> (1, 3, R, R) channels_last, ready for crop_flip
-            m = torch.as_tensor(stats["mean_image"], dtype=torch.float32)[None]
-            self.mean_image = m.to(device).contiguous(memory_format=torch.channels_last)
+            # (3, R, R) -> (2, 3, R, R) channels_last: the mean image and its mirror image, so a mirrored
+            # patch's mean is an unmirrored patch of the mirror image (one gather, no flip)
+            m = torch.as_tensor(stats["mean_image"], dtype=torch.float32)
+            self.mean_image = torch.stack([m, m.flip(-1)]).to(device).contiguous(memory_format=torch.channels_last)
         else:
             self.sub = torch.as_tensor(stats["mean"], dtype=torch.float32).to(device)  # (3,) broadcasts on C
             self.div = torch.as_tensor(stats["std"], dtype=torch.float32).to(device)
@@ -96,15 +98,21 @@ class _Normalize:
 
         Returns (M, crop, crop, 3) float32: (patch / 255 + shift - mean) [/ std].
         """
-        x = patches.float().div_(255)                                   # ToTensor's scale, same op
+        m, crop = patches.shape[:2]
+        # Work on (M, crop, crop * 3) rows: per-pixel RGB constants become long rows that vectorise
+        # (a broadcast over a last dimension of 3 was 10x slower on the CPU).
+        x = torch.div(patches.reshape(m, crop, crop * 3), 255)          # ToTensor's float / 255, in one pass
         if shift is not None:
-            x.add_(shift[:, None, None, :])                             # PCA shift before normalising
+            x.add_(shift.repeat(1, crop)[:, None, :])                   # PCA shift before normalising
         if self.mode == "channel":
-            return x.sub_(self.sub).div_(self.div)
-        if self.mean_image.shape[-1] != self.mean_image.shape[-2] or top.numel() == 0:
-            raise ValueError("empty batch or non-square mean image")
-        zeros = torch.zeros_like(top)
-        return x.sub_(crop_flip(self.mean_image, top, left, patches.shape[1], flip, zeros))
+            return x.sub_(self.sub.repeat(crop)).div_(self.div.repeat(crop)).view(m, crop, crop, 3)
+        r = self.mean_image.shape[-1]
+        if flip is None:
+            mean = crop_flip(self.mean_image, top, left, crop, None, torch.zeros_like(top))
+        else:
+            mirrored_left = torch.where(flip, r - crop - left, left)   # the patch's place in the mirror image
+            mean = crop_flip(self.mean_image, top, mirrored_left, crop, None, flip.long())
+        return x.sub_(mean.view(m, crop, crop * 3)).view(m, crop, crop, 3)
 
 
 def _to_nchw(x, channels_last, dtype):

@@ -15,6 +15,7 @@ batch draws from a generator seeded by the sample seed of its first image, a pur
 (seed, epoch, index): a resumed run draws the same crops, flips and colour shifts.
 Batches arrive augmented, so `Loaders.train_transform` / `val_transform` are None.
 """
+import collections
 import json
 import math
 import os
@@ -154,27 +155,40 @@ class _StoreIterator:
                 pass
         return False
 
-    def _read_all(self, plan):
+    def _make(self, indices, seed):
+        """One host batch: read (+ on the CPU, augment). Runs in a pool thread."""
         ld = self.loader
-        pool = ThreadPoolExecutor(ld.workers) if ld.dataset.format == "jpeg" and ld.workers > 1 else None
+        buf = torch.empty((len(indices), ld.dataset.size, ld.dataset.size, 3), dtype=torch.uint8,
+                          pin_memory=self.cuda)
+        ld.dataset.read(indices, buf.numpy())
+        images = buf.permute(0, 3, 1, 2)                                  # (B, 3, R, R), channels_last memory
+        targets = torch.from_numpy(ld.dataset.labels[indices])
+        if not self.cuda:  # on the CPU these threads are "the device": augment here, off the training thread
+            images = ld.augment(images, torch.Generator().manual_seed(seed))
+        return images, targets, seed
+
+    def _read_all(self, plan):
+        """Reader thread: `workers` batches in flight in a thread pool (reads, JPEG decodes and torch ops
+        release the GIL), handed over in order."""
+        ld = self.loader
+        pending = collections.deque()
         try:
-            for indices, seed in plan:
-                buf = torch.empty((len(indices), ld.dataset.size, ld.dataset.size, 3), dtype=torch.uint8,
-                                  pin_memory=self.cuda)
-                ld.dataset.read(indices, buf.numpy(), pool)
-                images = buf.permute(0, 3, 1, 2)                          # (B, 3, R, R), channels_last memory
-                targets = torch.from_numpy(ld.dataset.labels[indices])
-                if not self.cuda:  # on the CPU this thread is "the device": augment here, off the training thread
-                    images = ld.augment(images, torch.Generator().manual_seed(seed))
-                    targets = targets.to(ld.device)
-                if not self._put((images, targets, seed)):
-                    return
+            with ThreadPoolExecutor(ld.workers) as pool:
+                for indices, seed in plan:
+                    pending.append(pool.submit(self._make, indices, seed))
+                    if len(pending) >= ld.workers and not self._put(pending.popleft().result()):
+                        return
+                    if self.stop.is_set():
+                        return
+                while pending:
+                    if not self._put(pending.popleft().result()):
+                        return
             self._put(None)
         except BaseException as e:  # hand it to the training thread, which re-raises it
             self._put(e)
         finally:
-            if pool is not None:
-                pool.shutdown()
+            for f in pending:
+                f.cancel()
 
     def _get(self):
         item = self.queue.get()

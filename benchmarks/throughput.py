@@ -1,0 +1,263 @@
+"""Images per second: the prepared store + batched device augmentation against the standard pipeline.
+
+    python benchmarks/throughput.py [--data ROOT] [--device cpu|cuda] [--json FILE] [--workers N]
+                                    [--batch-size B] [--steps N] [--images N] [--compile]
+
+Measured in one run, on the same machine and the same images:
+  model      the paper's AlexNet (1000 classes) training steps on synthetic batches already on the device
+  loader     batches per second of the loader alone, with its augmentation
+               store: dataloader.store (raw memmap and JPEG-in-one-file) + dataloader.gpu_augment:
+                      random 224 crop, flip, PCA colour shift, mean-image subtraction (the paper's, Sec. 4.1)
+               reference: torchvision ImageFolder + RandomResizedCrop(224) + RandomHorizontalFlip + ToTensor
+                      + Normalize through a DataLoader with the same number of workers
+  end-to-end training steps fed by each loader
+and the ratios store / reference loader and end-to-end / model.
+
+Without --data the benchmark writes ImageNet-sized JPEGs (about 500x375) cut from the sample photos that
+ship with scikit-learn, randomly cropped, scaled and recoloured (pip install -r requirements-bench.txt).
+On CUDA the model runs in bf16 autocast with channels_last (and torch.compile with --compile).
+"""
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageEnhance
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from alexnet.config import DataConfig  # noqa: E402
+from alexnet.engine import autocast  # noqa: E402
+from alexnet.errors import UserError, run_main  # noqa: E402
+from alexnet.model import AlexNet  # noqa: E402
+from dataloader.prepare import prepare  # noqa: E402
+from dataloader.store import build_store_loaders  # noqa: E402
+
+
+def sample_photos():
+    """Paths of scikit-learn's sample photos (china.jpg, flower.jpg, 640x427)."""
+    try:
+        import sklearn.datasets
+    except ImportError:
+        raise UserError("the benchmark's source photos come with scikit-learn: "
+                        "pip install -r requirements-bench.txt (or pass --data ROOT)") from None
+    folder = os.path.join(os.path.dirname(sklearn.datasets.__file__), "images")
+    return sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".jpg"))
+
+
+def make_images(root, n_train, n_val, classes=10, seed=0):
+    """ROOT/{train,val}/<class>/*.JPEG: about 500x375 JPEGs, each a random crop of a sample photo,
+    scaled, mirrored and recoloured (gain per channel, brightness, contrast), quality 75-95."""
+    rng = random.Random(seed)
+    photos = [Image.open(p).convert("RGB") for p in sample_photos()]
+    for split, n in (("train", n_train), ("val", n_val)):
+        for i in range(n):
+            im = photos[rng.randrange(len(photos))]
+            w, h = im.size
+            cw = rng.randint(w // 3, w)
+            ch = min(h, max(h // 3, int(cw * rng.uniform(0.6, 1.0))))
+            x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+            out_w = rng.randint(450, 500)
+            out_h = min(500, max(300, int(out_w * ch / cw)))
+            crop = im.crop((x, y, x + cw, y + ch)).resize((out_w, out_h), Image.BILINEAR)
+            if rng.random() < 0.25:                     # some portrait images, as in ImageNet
+                crop = crop.transpose(Image.Transpose.ROTATE_90)
+            if rng.random() < 0.5:
+                crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            gains = [rng.uniform(0.75, 1.25) for _ in range(3)]
+            crop = Image.merge("RGB", [c.point(lambda v, g=g: min(255, int(v * g))) for c, g in zip(crop.split(), gains)])
+            crop = ImageEnhance.Contrast(ImageEnhance.Brightness(crop).enhance(rng.uniform(0.7, 1.3))).enhance(
+                rng.uniform(0.7, 1.3))
+            d = os.path.join(root, split, f"class{i % classes:02d}")
+            os.makedirs(d, exist_ok=True)
+            crop.save(os.path.join(d, f"{i:06d}.JPEG"), quality=rng.randint(85, 95))
+
+
+def dir_stats(split_dir):
+    """(number of files, mean bytes per file, mean width, mean height) of the JPEGs under split_dir."""
+    sizes, dims = [], []
+    for dirpath, _, files in os.walk(split_dir):
+        for f in files:
+            sizes.append(os.path.getsize(os.path.join(dirpath, f)))
+            if len(dims) < 200:
+                with Image.open(os.path.join(dirpath, f)) as im:
+                    dims.append(im.size)
+    return len(sizes), float(np.mean(sizes)), float(np.mean([d[0] for d in dims])), float(np.mean([d[1] for d in dims]))
+
+
+class Stepper:
+    """One SGD training step of the paper's AlexNet (Sec. 5 settings), with the project's autocast."""
+
+    def __init__(self, device, amp_dtype, channels_last, compile_model):
+        torch.manual_seed(0)
+        self.model = AlexNet(num_classes=1000).to(device)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.net = torch.compile(self.model) if compile_model else self.model
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        self.device, self.amp_dtype, self.channels_last = device, amp_dtype, channels_last
+
+    def __call__(self, x, y):
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.amp_dtype):
+            loss = F.cross_entropy(self.net(x).float(), y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def batches_forever(make_loader, set_epoch=None):
+    """Cycle over epochs of a loader; yields (images, targets)."""
+    epoch = 0
+    while True:
+        if set_epoch is not None:
+            set_epoch(epoch)
+        yield from make_loader()
+        epoch += 1
+
+
+def rate(batches, n, batch_size, device, step=None, warmup=2):
+    """Images/s over n batches, after `warmup` batches (workers started, buffers allocated)."""
+    for _ in range(warmup):
+        x, y = next(batches)
+        if step is not None:
+            step(x, y)
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(n):
+        x, y = next(batches)
+        if step is not None:
+            step(x, y)
+        elif device.type == "cuda":
+            x.sum()                                              # make sure the batch exists on the device
+    sync(device)
+    return n * batch_size / (time.perf_counter() - t)
+
+
+def reference_loader(root, batch_size, workers, device):
+    """torchvision ImageFolder + RandomResizedCrop + flip + ToTensor + Normalize, the usual DataLoader."""
+    import torchvision
+    from torchvision import transforms as T
+    tf = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(),
+                    T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    ds = torchvision.datasets.ImageFolder(os.path.join(root, "train"), tf)
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers,
+                                       drop_last=True, pin_memory=device.type == "cuda",
+                                       persistent_workers=workers > 0)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", default="", help="an ImageFolder ROOT (default: generate JPEGs from sample photos)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--json", default="", help="also write the results to this file")
+    p.add_argument("--workers", type=int, default=2, help="loader workers (processes / threads) for both")
+    p.add_argument("--batch-size", type=int, default=0, help="default: 32 on CPU, 256 on CUDA")
+    p.add_argument("--steps", type=int, default=0, help="timed training steps (default: 6 on CPU, 100 on CUDA)")
+    p.add_argument("--loader-batches", type=int, default=0, help="timed loader batches (default 20 / 200)")
+    p.add_argument("--images", type=int, default=800, help="generated training images (without --data)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
+    p.add_argument("--work", default="", help="folder for generated images and stores (default: a temp dir)")
+    a = p.parse_args(argv)
+    device = torch.device(a.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda but no CUDA device is available; use --device cpu")
+    cuda = device.type == "cuda"
+    bs = a.batch_size or (256 if cuda else 32)
+    steps = a.steps or (100 if cuda else 6)
+    loader_batches = a.loader_batches or (200 if cuda else 20)
+    amp_dtype = torch.bfloat16 if cuda else None
+    work = a.work or tempfile.mkdtemp(prefix="alexnet_bench_")
+    res = {"device": torch.cuda.get_device_name(device) if cuda else f"CPU ({os.cpu_count()} cores)",
+           "torch": torch.__version__, "python": platform.python_version(), "batch_size": bs, "steps": steps,
+           "workers": a.workers, "amp": "bf16" if cuda else "none", "channels_last": cuda, "compile": a.compile}
+    try:
+        root = a.data
+        if not root:
+            root = os.path.join(work, "images")
+            if not os.path.isdir(os.path.join(root, "train")):
+                t = time.perf_counter()
+                make_images(root, a.images, max(20, a.images // 20))
+                print(f"wrote {a.images} training JPEGs to {root} in {time.perf_counter() - t:.0f} s")
+        n, jpeg_bytes, w, h = dir_stats(os.path.join(root, "train"))
+        res["source"] = {"images": n, "bytes_per_image": jpeg_bytes, "mean_size": [w, h]}
+        print(f"source: {n} train JPEGs, mean {w:.0f}x{h:.0f}, {jpeg_bytes / 1e3:.0f} KB each")
+
+        stores = {}
+        for fmt in ("raw", "jpeg"):
+            out = os.path.join(work, f"store_{fmt}")
+            t = time.perf_counter()
+            prepare(root, out, workers=a.workers, fmt=fmt, size=256, progress=False)
+            dt = time.perf_counter() - t
+            size = os.path.getsize(os.path.join(out, "train.u8" if fmt == "raw" else "train.jpg")) / n
+            stores[fmt] = out
+            res[f"prepare_{fmt}"] = {"bytes_per_image": size, "seconds": dt}
+            print(f"store {fmt}: {size / 1e3:.1f} KB per image (prepared in {dt:.0f} s, {a.workers} workers)")
+
+        stepper = Stepper(device, amp_dtype, cuda, a.compile)
+        gen = torch.Generator(device=device).manual_seed(0)
+        x = torch.randn(bs, 3, 224, 224, device=device, generator=gen)
+        y = torch.randint(0, 1000, (bs,), device=device, generator=gen)
+        res["model"] = rate(iter(lambda: (x, y), None), steps, bs, device, stepper)
+        print(f"model alone:                 {res['model']:8.1f} img/s")
+        model_first = res["model"]
+
+        for fmt, out in stores.items():
+            cfg = DataConfig(store=out, resize=256, crop=224, workers=a.workers)
+            loaders = build_store_loaders(cfg, batch_size=bs, seed=0, device=device)
+            feed = batches_forever(lambda: loaders.train, loaders.train_sampler.set_epoch)
+            res[f"store_{fmt}_loader"] = rate(feed, loader_batches, bs, device)
+            print(f"store {fmt:4s} loader alone:      {res[f'store_{fmt}_loader']:8.1f} img/s")
+            if fmt == "raw":
+                feed = batches_forever(lambda: loaders.train, loaders.train_sampler.set_epoch)
+                res["store_raw_end_to_end"] = rate(feed, steps, bs, device, stepper)
+                print(f"store raw  end-to-end:       {res['store_raw_end_to_end']:8.1f} img/s")
+            del feed, loaders
+
+        ref = reference_loader(root, bs, a.workers, device)
+        feed = batches_forever(lambda: ref)
+        res["reference_loader"] = rate(feed, loader_batches, bs, device)
+        print(f"reference loader alone:      {res['reference_loader']:8.1f} img/s")
+        res["reference_end_to_end"] = rate(feed, steps, bs, device, stepper)
+        print(f"reference end-to-end:        {res['reference_end_to_end']:8.1f} img/s")
+        del feed, ref
+
+        # The model alone again, after the loaders: on a shared machine the load drifts; use the mean of both.
+        second = rate(iter(lambda: (x, y), None), steps, bs, device, stepper)
+        res["model_runs"] = [model_first, second]
+        res["model"] = (model_first + second) / 2
+        print(f"model alone (again):         {second:8.1f} img/s (mean {res['model']:.1f})")
+        res["ratios"] = {
+            "store_raw_loader / reference_loader": res["store_raw_loader"] / res["reference_loader"],
+            "store_jpeg_loader / reference_loader": res["store_jpeg_loader"] / res["reference_loader"],
+            "store_raw_end_to_end / model": res["store_raw_end_to_end"] / res["model"],
+            "reference_end_to_end / model": res["reference_end_to_end"] / res["model"],
+        }
+        for k, v in res["ratios"].items():
+            print(f"ratio {k}: {v:.2f}")
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(res, f, indent=1)
+            print(f"wrote {a.json}")
+    finally:
+        if not a.work:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    run_main(main)
