@@ -11,7 +11,6 @@ Reproducibility: the sampler yields (index, sample_seed) pairs with sample_seed 
 colour shift. Order and augmentation therefore depend only on (seed, epoch), never on the number of
 workers or on where a run was resumed.
 """
-import math
 import multiprocessing
 import os
 from dataclasses import dataclass, field

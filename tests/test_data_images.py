@@ -1,6 +1,4 @@
 """RELIABILITY.md's bad-input rows for image files: odd modes load as RGB, bad files give one-line errors."""
-import os
-import shutil
 import struct
 import zlib
 

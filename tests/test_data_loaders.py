@@ -1,5 +1,4 @@
 """build_loaders / build_eval_loader: layout errors, determinism, mid-epoch resume, rank sharding."""
-import dataclasses
 import os
 import shutil
 

@@ -1,5 +1,4 @@
 """Dataset statistics against numpy, the cache file, the presets, and the stats command."""
-import os
 
 import numpy as np
 import pytest
