@@ -275,7 +275,8 @@ def build_loaders(data_cfg, *, batch_size, seed, rank=0, world_size=1, device="c
             raise UserError("data.demo=true needs data.root, the folder to write the demo set to")
         _rank0_first(lambda: _ensure_demo(cfg.root))
     class_names, train_samples, val_samples = scan_root(cfg.root)
-    stats = _rank0_first(lambda: load_or_compute_stats(cfg, cfg.root, in_channels, progress=rank == 0))
+    stats = _rank0_first(lambda: load_or_compute_stats(cfg, cfg.root, in_channels, progress=rank == 0,
+                                                     num_train=len(train_samples)))
     mode = "L" if in_channels == 1 else "RGB"
     train_ds = ImageDataset(train_samples, TrainTransform(cfg, stats), mode, cfg.bad_images, cfg.max_bad_images)
     val_ds = ImageDataset(val_samples, EvalTransform(cfg, stats, eval_crops), mode, cfg.bad_images,

@@ -151,8 +151,12 @@ def stats_path(root, resize, channels=3):
     return os.path.join(root, f"stats_{resize}{'_gray' if channels == 1 else ''}.pt")
 
 
-def load_or_compute_stats(data_cfg, root, channels=3, progress=True):
-    """The stats that data_cfg.stats asks for: "auto" (cached in ROOT, computed on first use), "imagenet", or a file."""
+def load_or_compute_stats(data_cfg, root, channels=3, progress=True, num_train=None):
+    """The stats that data_cfg.stats asks for: "auto" (cached in ROOT, computed on first use), "imagenet", or a file.
+
+    num_train: the number of training files now; a cache made from another count is recomputed
+    (with data.bad_images=error, where every file counts).
+    """
     mode = "L" if channels == 1 else "RGB"
     if data_cfg.stats == "imagenet":
         if channels != 3:
@@ -162,7 +166,10 @@ def load_or_compute_stats(data_cfg, root, channels=3, progress=True):
         return check_stats(load_stats(data_cfg.stats), data_cfg.stats, data_cfg.resize, channels)
     path = stats_path(root, data_cfg.resize, channels)
     if os.path.isfile(path):
-        return check_stats(load_stats(path), path, data_cfg.resize, channels)
+        stats = check_stats(load_stats(path), path, data_cfg.resize, channels)
+        if num_train is None or data_cfg.bad_images != "error" or stats["num_images"] == num_train:
+            return stats
+        print(f"{path} was computed from {stats['num_images']} images, train/ now has {num_train}: recomputing")
     stats = compute_stats(os.path.join(root, "train"), data_cfg.resize, data_cfg.workers, mode,
                           data_cfg.bad_images, data_cfg.max_bad_images, progress=progress)
     try:

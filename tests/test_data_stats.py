@@ -78,3 +78,14 @@ def test_presets_and_stats_files(tmp_path, demo_root):
         S.load_or_compute_stats(tiny_data_cfg(demo_root, stats=str(tmp_path / "bad.pt")), demo_root)
     with pytest.raises(UserError, match="does not exist"):
         S.load_or_compute_stats(tiny_data_cfg(demo_root, stats=str(tmp_path / "none.pt")), demo_root)
+
+
+def test_auto_stats_cached_and_recomputed_when_train_changes(tmp_path):
+    _random_set(tmp_path, [(24, 24)] * 4)
+    cfg = tiny_data_cfg(tmp_path, resize=24, crop=16)
+    a = S.load_or_compute_stats(cfg, str(tmp_path), progress=False, num_train=4)
+    assert a["num_images"] == 4 and (tmp_path / "stats_24.pt").is_file()
+    assert torch.equal(S.load_or_compute_stats(cfg, str(tmp_path), num_train=4)["mean_image"], a["mean_image"])
+    _random_set(tmp_path, [(24, 24)] * 6)  # two more images: the cache is stale
+    assert S.load_or_compute_stats(cfg, str(tmp_path), progress=False, num_train=6)["num_images"] == 6
+    assert torch.load(tmp_path / "stats_24.pt", weights_only=True)["num_images"] == 6
