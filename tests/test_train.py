@@ -90,7 +90,7 @@ def test_run_directory(straight):
 
 
 def test_resume_at_epoch_boundary_is_exact(straight, demo_root, tmp_path):
-    assert train.main(tiny_args(demo_root, tmp_path, epochs=1)) == 0
+    assert train.main(tiny_args(demo_root, tmp_path, "--resume", "auto", epochs=1)) == 0   # no last.pt: fresh
     assert train.main(tiny_args(demo_root, tmp_path, "--resume", "auto", epochs=2)) == 0
     assert_same_weights(straight / "last.pt", tmp_path / "last.pt")
     a, b = (torch.load(p / "best.pt", weights_only=True) for p in (straight, tmp_path))
