@@ -2,7 +2,6 @@
 import pytest
 import torch
 
-import alexnet.lrn as lrn_mod
 from alexnet import LocalResponseNorm
 
 
@@ -66,17 +65,6 @@ def test_gradcheck_float64(size, beta):
     x = (torch.randn(2, 7, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * 5)
     x.requires_grad_()
     assert torch.autograd.gradcheck(lambda t: LocalResponseNorm(size, 1e-2, beta, 2.0)(t), (x,))
-
-
-def test_batch_chunks_give_the_same_result(monkeypatch):
-    x = post_relu(7, 12, 5, 5, scale=20.0).float()
-    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(4))
-    whole = fwd_bwd(LocalResponseNorm(), x, grad)
-    monkeypatch.setattr(lrn_mod, "_CHUNK_ELEMENTS", 2 * 12 * 25)      # chunks of 2 samples: 2, 2, 2, 1
-    assert len(lrn_mod._chunks(x)) == 4
-    chunked = fwd_bwd(LocalResponseNorm(), x, grad)
-    assert torch.allclose(whole[0], chunked[0], rtol=1e-6, atol=0)
-    assert torch.allclose(whole[1], chunked[1], rtol=1e-6, atol=1e-7)
 
 
 def test_channels_last_and_no_grad():
