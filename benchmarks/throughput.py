@@ -15,7 +15,7 @@ and the ratios store / reference loader and end-to-end / model.
 
 Without --data the benchmark writes ImageNet-sized JPEGs (about 500x375) cut from the sample photos that
 ship with scikit-learn, randomly cropped, scaled and recoloured (pip install -r requirements-bench.txt).
-On CUDA the model runs in bf16 autocast with channels_last (and torch.compile with --compile).
+The model runs channels_last on both devices, in bf16 autocast on CUDA (and torch.compile with --compile).
 """
 import argparse
 import json
@@ -185,7 +185,7 @@ def main(argv=None):
     work = a.work or tempfile.mkdtemp(prefix="alexnet_bench_")
     res = {"device": torch.cuda.get_device_name(device) if cuda else f"CPU ({os.cpu_count()} cores)",
            "torch": torch.__version__, "python": platform.python_version(), "batch_size": bs, "steps": steps,
-           "workers": a.workers, "amp": "bf16" if cuda else "none", "channels_last": cuda, "compile": a.compile}
+           "workers": a.workers, "amp": "bf16" if cuda else "none", "channels_last": True, "compile": a.compile}
     try:
         root = a.data
         if not root:
@@ -209,13 +209,21 @@ def main(argv=None):
             res[f"prepare_{fmt}"] = {"bytes_per_image": size, "seconds": dt}
             print(f"store {fmt}: {size / 1e3:.1f} KB per image (prepared in {dt:.0f} s, {a.workers} workers)")
 
-        stepper = Stepper(device, amp_dtype, cuda, a.compile)
+        # channels_last on both paths: the store's batches come in it; the reference's NCHW batches are
+        # converted in the step (a cheap copy), so both feed the model the same layout.
+        stepper = Stepper(device, amp_dtype, True, a.compile)
         gen = torch.Generator(device=device).manual_seed(0)
         x = torch.randn(bs, 3, 224, 224, device=device, generator=gen)
         y = torch.randint(0, 1000, (bs,), device=device, generator=gen)
-        res["model"] = rate(iter(lambda: (x, y), None), steps, bs, device, stepper)
-        print(f"model alone:                 {res['model']:8.1f} img/s")
-        model_first = res["model"]
+        # The model alone is measured before and after each end-to-end run (A-B-A): on a shared machine the
+        # load drifts, and each end-to-end figure is compared with the mean of its two neighbours.
+        def model_alone():
+            r = rate(iter(lambda: (x, y), None), steps, bs, device, stepper, warmup=1)
+            res.setdefault("model_runs", []).append(r)
+            print(f"model alone:                 {r:8.1f} img/s")
+            return r
+
+        model_alone()
 
         for fmt, out in stores.items():
             cfg = DataConfig(store=out, resize=256, crop=224, workers=a.workers)
@@ -225,28 +233,27 @@ def main(argv=None):
             print(f"store {fmt:4s} loader alone:      {res[f'store_{fmt}_loader']:8.1f} img/s")
             if fmt == "raw":
                 feed = batches_forever(lambda: loaders.train, loaders.train_sampler.set_epoch)
-                res["store_raw_end_to_end"] = rate(feed, steps, bs, device, stepper)
+                res["store_raw_end_to_end"] = rate(feed, steps, bs, device, stepper, warmup=1)
                 print(f"store raw  end-to-end:       {res['store_raw_end_to_end']:8.1f} img/s")
+                model_alone()
             del feed, loaders
 
         ref = reference_loader(root, bs, a.workers, device)
         feed = batches_forever(lambda: ref)
         res["reference_loader"] = rate(feed, loader_batches, bs, device)
         print(f"reference loader alone:      {res['reference_loader']:8.1f} img/s")
-        res["reference_end_to_end"] = rate(feed, steps, bs, device, stepper)
+        res["reference_end_to_end"] = rate(feed, steps, bs, device, stepper, warmup=1)
         print(f"reference end-to-end:        {res['reference_end_to_end']:8.1f} img/s")
         del feed, ref
+        model_alone()
+        runs = res["model_runs"]
+        res["model"] = sum(runs) / len(runs)
 
-        # The model alone again, after the loaders: on a shared machine the load drifts; use the mean of both.
-        second = rate(iter(lambda: (x, y), None), steps, bs, device, stepper)
-        res["model_runs"] = [model_first, second]
-        res["model"] = (model_first + second) / 2
-        print(f"model alone (again):         {second:8.1f} img/s (mean {res['model']:.1f})")
         res["ratios"] = {
             "store_raw_loader / reference_loader": res["store_raw_loader"] / res["reference_loader"],
             "store_jpeg_loader / reference_loader": res["store_jpeg_loader"] / res["reference_loader"],
-            "store_raw_end_to_end / model": res["store_raw_end_to_end"] / res["model"],
-            "reference_end_to_end / model": res["reference_end_to_end"] / res["model"],
+            "store_raw_end_to_end / model": res["store_raw_end_to_end"] / ((runs[0] + runs[1]) / 2),
+            "reference_end_to_end / model": res["reference_end_to_end"] / ((runs[1] + runs[2]) / 2),
         }
         for k, v in res["ratios"].items():
             print(f"ratio {k}: {v:.2f}")

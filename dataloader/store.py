@@ -3,11 +3,11 @@
     loaders = build_store_loaders(cfg.data, batch_size=per_rank, seed=cfg.train.seed, device=device)
     for images, targets in loaders.train: ...   # (B, 3, crop, crop) float on `device`, augmented; (B,) long
 
-Per batch: a background thread reads the whole batch (one gather from the memory map, or JPEG decodes
-spread over `data.workers` threads) into pinned memory while the current batch trains; the batch goes to
-the device as uint8 (4x less than float; on CUDA on a side stream, one batch ahead) and is augmented there,
-batched (`dataloader.gpu_augment`: crop, flip, PCA colour shift, mean subtraction, channels_last).
-On the CPU the reading thread augments too, so the training thread only trains.
+Per batch: background threads (`data.workers` batches in flight) read whole batches (one gather from the
+memory map, or the JPEG decodes of the batch) into pinned memory while the current batch trains; a batch
+goes to the device as uint8 (4x less than float; on CUDA on a side stream, one batch ahead) and is
+augmented there, batched (`dataloader.gpu_augment`: crop, flip, PCA colour shift, mean subtraction,
+channels_last). On the CPU the reading threads augment too, so the training thread only trains.
 
 Order and sharding: the data issue's samplers (`ResumableSampler`, `ShardSampler`): the same permutation
 for the same (seed, epoch), `set_epoch(epoch, skip_batches)` for a mid-epoch resume. The augmentation of a
@@ -73,7 +73,7 @@ class StoreSplit:
     def read(self, indices, out=None, pool=None):
         """Images `indices` as uint8 (B, R, R, 3), written into `out` (a (B, R, R, 3) array) when given.
 
-        pool: a ThreadPoolExecutor spreading JPEG decodes over threads (PIL releases the GIL while decoding).
+        pool: an optional ThreadPoolExecutor spreading the JPEG decodes of one batch over threads.
         """
         indices = np.asarray(indices, np.int64)
         if out is None:
