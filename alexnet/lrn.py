@@ -88,8 +88,8 @@ class LocalResponseNorm(nn.Module):
     Args:
         size: n, the number of adjacent channels summed over (5 in the paper).
         alpha, beta, k: the paper's 1e-4, 0.75, 2.
-    Shape: (N, C, H, W) -> (N, C, H, W) (any (N, C, ...) works); any memory format (channels_last is kept); float16 and
-    bfloat16 inputs are computed in float32 and returned in their own dtype.
+    Shape: (N, C, H, W) -> (N, C, H, W) (any (N, C, ...) works), in any memory format (channels_last
+    is kept); float16 and bfloat16 inputs are computed in float32 and returned in their own dtype.
     Equal to ``torch.nn.LocalResponseNorm(size, alpha * size, beta, k)``, but faster (see module doc).
     """
 
