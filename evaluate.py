@@ -34,18 +34,39 @@ TORCHVISION_STATS = {"mean": _MEAN, "std": _STD, "mean_image": _MEAN[:, None, No
 
 
 def split_dir(data):
-    """--data may be the dataset root (its val/ is used) or a split folder of class folders."""
+    """--data may be the dataset root (its val/ is used), a split folder of class folders, or a prepared store."""
     if not data:
         raise UserError("no data folder: pass --data ROOT (holding val/<class>/*) or --data SPLIT_DIR")
     if not os.path.isdir(data):
         raise UserError(f"data folder {data} does not exist; pass --data ROOT (with val/<class>/*) or a split folder")
     val = os.path.join(data, "val")
-    return val if os.path.isdir(val) else data
+    return val if os.path.isdir(val) and not is_store(data) else data
 
 
-def check_classes(expected, split):
-    """The folder's class set must equal the checkpoint's: otherwise output index i means another class."""
-    found = find_classes(split)
+def build_loader(split, class_names, stats, data_cfg, args, info, in_channels, device):
+    """(loader, class names) for an image folder or a prepared store's val split; classes checked first."""
+    if is_store(split):
+        if in_channels != 3:
+            raise UserError("a prepared store holds RGB images; evaluate a 1-channel model on an image folder")
+        from dataloader.store import build_store_eval_loader  # lazy: the prepared-store path is optional
+
+        loader, found = build_store_eval_loader(split, stats, data_cfg, args.batch_size, crops=args.crops,
+                                                rank=info.rank, world_size=info.world_size, device=device)
+        check_classes(class_names if class_names is not None else found, found, split)
+        return loader, found
+    if class_names is not None:
+        check_classes(class_names, find_classes(split), split)
+    return build_eval_loader(split, class_names, stats, data_cfg, args.batch_size, crops=args.crops,
+                             rank=info.rank, world_size=info.world_size, in_channels=in_channels, device=device)
+
+
+def is_store(path):
+    """A prepared store (python -m dataloader.prepare) rather than an image folder."""
+    return os.path.isfile(os.path.join(path, "index.json"))
+
+
+def check_classes(expected, found, split):
+    """The data's class set must equal the checkpoint's: otherwise output index i means another class."""
     if found == list(expected):
         return
     missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
@@ -84,7 +105,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="Top-1 / top-5 accuracy of a checkpoint, centre crop or 10-crop.")
     p.add_argument("--checkpoint", help="a checkpoint written by train.py (e.g. RUN/best.pt)")
     p.add_argument("--torchvision-weights", default="", help="a torchvision AlexNet state dict instead")
-    p.add_argument("--data", default="", help="dataset root (val/ is used) or a split folder "
+    p.add_argument("--data", default="", help="dataset root (val/ is used), a split folder or a prepared store "
                                                "(default: the checkpoint's data.root)")
     p.add_argument("--crops", type=int, choices=(1, 10), default=1, help="1: centre crop; 10: the paper's 10 views")
     p.add_argument("--batch-size", type=int, default=64, help="images per batch per process (10-crop: x10 views)")
@@ -103,11 +124,8 @@ def main(argv=None):
         if args.workers is not None:
             data_cfg = dataclasses.replace(data_cfg, workers=args.workers)
         split = split_dir(args.data or data_cfg.root)
-        if class_names is not None:
-            check_classes(class_names, split)
-        loader, class_names = build_eval_loader(split, class_names, stats, data_cfg, args.batch_size,
-                                                crops=args.crops, rank=info.rank, world_size=info.world_size,
-                                                in_channels=model.conv1.in_channels, device=device)
+        loader, class_names = build_loader(split, class_names, stats, data_cfg, args, info,
+                                           model.conv1.in_channels, device)
         model.to(device).eval()
         start = time.perf_counter()
         amp_dtype = amp_setup(args.amp, device)[0]  # train.amp's rule, so results match the training logs

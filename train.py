@@ -19,6 +19,7 @@ import torch
 from alexnet.checkpoint import (VERSION, link_checkpoint, load_checkpoint, load_state_checked, rng_state,
                                 save_checkpoint, set_rng_state)
 from alexnet.config import load_config, to_dict
+from alexnet.cpu import tune_allocator
 from alexnet.distributed import all_gather_object, barrier, cleanup, init_distributed, per_rank_batch, wrap_ddp
 from alexnet.engine import StopRequest, amp_setup, build_optimizer, evaluate, train_one_epoch
 from alexnet.errors import UserError, run_main
@@ -60,7 +61,8 @@ def build_data(cfg, info, device):
         raise UserError("no dataset given: pass --data ROOT (ROOT/train/<class>/*, ROOT/val/<class>/*), "
                         "or try --config configs/demo.yaml")
     kwargs = dict(batch_size=per_rank_batch(cfg.optim.batch_size, info.world_size), seed=cfg.train.seed,
-                  rank=info.rank, world_size=info.world_size, device=device, eval_crops=1)
+                  rank=info.rank, world_size=info.world_size, device=device, eval_crops=1,
+                  in_channels=cfg.model.in_channels)
     if d.store:
         from dataloader.store import build_store_loaders  # lazy: the prepared-store path is optional
 
@@ -68,7 +70,7 @@ def build_data(cfg, info, device):
         return loaders, loaders.train_transform, loaders.val_transform
     from dataloader.dataloader import build_loaders  # writes the demo set first when data.demo is set
 
-    return build_loaders(d, in_channels=cfg.model.in_channels, **kwargs), None, None
+    return build_loaders(d, **kwargs), None, None
 
 
 def resume_path(cfg):
@@ -82,6 +84,8 @@ def resume_path(cfg):
 def main(argv=None):
     cfg = parse_config(argv)
     info, device = init_distributed(cfg.train.device)
+    if device.type == "cpu":
+        tune_allocator()
     stop = StopRequest().install()
     try:
         return train(cfg, info, device, stop)

@@ -287,14 +287,34 @@ def build_store_loaders(data_cfg, *, batch_size, seed, rank=0, world_size=1, dev
                         f"over {world_size} ranks; lower the batch size")
     train_aug = TrainAugment(stats, cfg.crop, random_crop=cfg.random_crop, flip=cfg.flip, pca_sigma=cfg.pca_sigma,
                              normalize=cfg.normalize, device=device)
-    val_aug = EvalAugment(stats, cfg.crop, crops=eval_crops, normalize=cfg.normalize, device=device)
     sampler = ResumableSampler(len(train_pos), batch_size, seed, rank, world_size)
     train_loader = StoreLoader(train, train_pos, sampler, batch_size, train_aug, device, True, cfg.workers)
-    val_loader = StoreLoader(val, val_pos, ShardSampler(len(val_pos), rank, world_size), batch_size, val_aug,
-                             device, False, cfg.workers)
+    val_loader = _eval_loader(val, stats, cfg, batch_size, eval_crops, rank, world_size, device)
     class_names = index["class_names"]
     labels = class_names
     if cfg.synset_mapping:
         names = read_synsets(cfg.synset_mapping)
         labels = [names.get(c, c) for c in class_names]
     return Loaders(train_loader, val_loader, class_names, stats, sampler, labels)
+
+
+def _eval_loader(split, stats, cfg, batch_size, crops, rank, world_size, device):
+    """Centre-crop (crops=1) or ten-view (crops=10) loader of a store split; each image once over all ranks."""
+    pos = np.flatnonzero(split.labels >= 0)
+    augment = EvalAugment(stats, cfg.crop, crops=crops, normalize=cfg.normalize, device=device)
+    return StoreLoader(split, pos, ShardSampler(len(pos), rank, world_size), batch_size, augment, device, False,
+                       cfg.workers)
+
+
+def build_store_eval_loader(store, stats, data_cfg, batch_size, crops=1, rank=0, world_size=1, device="cpu"):
+    """The val split of a prepared store for evaluate.py, preprocessed with the checkpoint's stats and config.
+
+    Returns (loader, class_names of the store). Batches as `build_store_loaders`' val loader.
+    """
+    cfg = as_data_config(data_cfg)
+    index = _read_index(store)
+    if cfg.resize != index["size"]:
+        raise UserError(f"the checkpoint was trained at data.resize={cfg.resize} but the store {store} holds "
+                        f"{index['size']}x{index['size']} images; prepare it with --size {cfg.resize}")
+    loader = _eval_loader(StoreSplit(store, "val"), stats, cfg, batch_size, crops, rank, world_size, device)
+    return loader, list(index["class_names"])

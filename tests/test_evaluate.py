@@ -152,6 +152,25 @@ def test_evaluate_script_matches_the_logged_val_top1(trained_run, tmp_path, caps
     assert evaluate_script.split_dir(os.path.join(root, "train")) == os.path.join(root, "train")
 
 
+def test_evaluate_script_on_a_prepared_store_equals_the_image_folder(trained_run, tmp_path):
+    """--data STORE (python -m dataloader.prepare) evaluates the same pixels with the checkpoint's stats."""
+    from dataloader.prepare import prepare
+
+    run, root = trained_run
+    store = str(tmp_path / "store")
+    prepare(root, store, workers=0, size=64, chunk_size=64, progress=False)
+    results = []
+    for data in (root, store):
+        out = tmp_path / "eval.json"
+        assert evaluate_script.main(["--checkpoint", str(run / "best.pt"), "--data", data, "--crops", "10",
+                                     "--batch-size", "16", "--device", "cpu", "--json", str(out)]) == 0
+        results.append(json.loads(out.read_text()))
+    folder, stored = results
+    assert stored["images"] == folder["images"] == 40
+    assert stored["top1"] == folder["top1"] and stored["top5"] == folder["top5"]
+    assert stored["loss"] == pytest.approx(folder["loss"], rel=1e-5)
+
+
 def test_evaluate_script_class_mismatch_lists_the_difference(trained_run, tmp_path):
     run, root = trained_run
     other = tmp_path / "val"
