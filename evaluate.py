@@ -21,6 +21,7 @@ import torch
 
 from alexnet.checkpoint import load_checkpoint, model_from_checkpoint
 from alexnet.config import DataConfig, config_from_dict
+from alexnet.cpu import tune_allocator
 from alexnet.distributed import cleanup, init_distributed
 from alexnet.engine import amp_setup, evaluate
 from alexnet.errors import UserError, run_main
@@ -119,6 +120,8 @@ def main(argv=None):
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
 
     info, device = init_distributed(args.device)
+    if device.type == "cpu":
+        tune_allocator()
     try:
         model, class_names, stats, data_cfg = load_model(args)
         if args.workers is not None:

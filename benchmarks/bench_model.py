@@ -1,6 +1,6 @@
 """Speed of the paper's LRN and of a paper-model training step, as ratios against baselines run here.
 
-    python benchmarks/bench_model.py [--threads 2] [--repeats 9] [--batch 32] [--size 224]
+    python benchmarks/bench_model.py [--threads 2] [--repeats 9] [--batch 32] [--size 224] [--no-tune-allocator]
 
 1. LRN forward + backward at conv1's output (batch 32, 96x55x55): alexnet.LocalResponseNorm against
    torch.nn.LocalResponseNorm(5, 5e-4, 0.75, 2) (the same function). Target: >= 3x faster.
@@ -20,6 +20,7 @@ import torchvision
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from alexnet import AlexNet, LocalResponseNorm  # noqa: E402
+from alexnet.cpu import tune_allocator  # noqa: E402
 from alexnet.errors import UserError, run_main  # noqa: E402
 
 
@@ -105,13 +106,17 @@ def main(argv=None):
     p.add_argument("--channels-last", action="store_true", help="train step in channels_last")
     p.add_argument("--stock-lrn", action="store_true", help="also time the paper model with torch's LRN")
     p.add_argument("--only", choices=("lrn", "train"), help="run one of the two benchmarks")
+    p.add_argument("--no-tune-allocator", action="store_true",
+                   help="keep glibc's allocator defaults (train.py tunes them on CPU: alexnet/cpu.py)")
     args = p.parse_args(argv)
     if args.threads < 1 or args.batch < 1 or args.repeats < 1 or args.train_repeats < 1:
         raise UserError("--threads, --batch, --repeats and --train-repeats must be positive")
     if args.size < 63:
         raise UserError(f"--size {args.size} is too small: AlexNet needs at least 63 px")
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads, {torch.backends.cpu.get_cpu_capability()}")
+    tuned = not args.no_tune_allocator and tune_allocator()   # as train.py runs on CPU; both sides alike
+    print(f"torch {torch.__version__}, {args.threads} threads, {torch.backends.cpu.get_cpu_capability()}, "
+          f"allocator {'tuned as in train.py' if tuned else 'glibc defaults'}")
     if args.only in (None, "lrn"):
         bench_lrn(args)
     if args.only in (None, "train"):

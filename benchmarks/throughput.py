@@ -35,6 +35,7 @@ from PIL import Image, ImageEnhance
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from alexnet.config import DataConfig  # noqa: E402
+from alexnet.cpu import tune_allocator  # noqa: E402
 from alexnet.engine import autocast  # noqa: E402
 from alexnet.errors import UserError, run_main  # noqa: E402
 from alexnet.model import AlexNet  # noqa: E402
@@ -173,11 +174,15 @@ def main(argv=None):
     p.add_argument("--images", type=int, default=800, help="generated training images (without --data)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
     p.add_argument("--work", default="", help="folder for generated images and stores (default: a temp dir)")
+    p.add_argument("--no-tune-allocator", action="store_true",
+                   help="keep glibc's allocator defaults (train.py tunes them on CPU: alexnet/cpu.py)")
     a = p.parse_args(argv)
     device = torch.device(a.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda but no CUDA device is available; use --device cpu")
     cuda = device.type == "cuda"
+    # As train.py does on CPU; forked DataLoader workers inherit it, so both pipelines run with it.
+    tuned = not cuda and not a.no_tune_allocator and tune_allocator()
     bs = a.batch_size or (256 if cuda else 32)
     steps = a.steps or (100 if cuda else 6)
     loader_batches = a.loader_batches or (200 if cuda else 20)
@@ -185,7 +190,8 @@ def main(argv=None):
     work = a.work or tempfile.mkdtemp(prefix="alexnet_bench_")
     res = {"device": torch.cuda.get_device_name(device) if cuda else f"CPU ({os.cpu_count()} cores)",
            "torch": torch.__version__, "python": platform.python_version(), "batch_size": bs, "steps": steps,
-           "workers": a.workers, "amp": "bf16" if cuda else "none", "channels_last": True, "compile": a.compile}
+           "workers": a.workers, "amp": "bf16" if cuda else "none", "channels_last": True, "compile": a.compile,
+           "allocator_tuned": tuned}
     try:
         root = a.data
         if not root:
