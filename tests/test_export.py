@@ -30,8 +30,10 @@ def test_export_cli_writes_a_loadable_program_with_metadata(trained_run, tmp_pat
     extra = {"meta.json": ""}
     program = torch.export.load(str(out), extra_files=extra)
     meta = json.loads(extra["meta.json"])
-    assert meta["class_names"] == sorted(CLASSES) and meta["crop"] == 64 and meta["normalize"] == "mean_image"
-    model = model_from_checkpoint(load_checkpoint(run / "best.pt")).eval()
+    ckpt = load_checkpoint(run / "best.pt")
+    assert meta["class_names"] == sorted(CLASSES) and meta["crop"] == 64
+    assert meta["normalize"] == ckpt["config"]["data"]["normalize"]   # the preprocessing the run trained with
+    model = model_from_checkpoint(ckpt).eval()
     x = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(program.module()(x), model(x), atol=1e-5, rtol=1e-5)
