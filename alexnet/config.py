@@ -2,7 +2,13 @@
 
 Sections map one-to-one to YAML sections (``model:``, ``data:``, ``optim:``, ``schedule:``, ``train:``).
 """
+import dataclasses
+import typing
 from dataclasses import dataclass, field
+
+import yaml
+
+from alexnet.errors import UserError
 
 
 @dataclass
@@ -81,13 +87,6 @@ class Config:
 # ---------------------------------------------------------------------------------------------------
 # Loading, merging and validation (YAML file -> overrides -> checks). Every error is a one-line
 # UserError naming the key, so a typo in a config never silently falls back to a default.
-
-import dataclasses  # noqa: E402  (kept next to the code that uses it; the dataclasses above stay plain)
-import typing  # noqa: E402
-
-import yaml  # noqa: E402
-
-from alexnet.errors import UserError  # noqa: E402
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig,
             "schedule": ScheduleConfig, "train": TrainConfig}
