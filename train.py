@@ -20,7 +20,8 @@ from alexnet.checkpoint import (VERSION, link_checkpoint, load_checkpoint, load_
                                 save_checkpoint, set_rng_state)
 from alexnet.config import load_config, to_dict
 from alexnet.cpu import tune_allocator
-from alexnet.distributed import all_gather_object, barrier, cleanup, init_distributed, per_rank_batch, wrap_ddp
+from alexnet.distributed import (all_gather_object, all_reduce_max, barrier, cleanup, init_distributed, per_rank_batch,
+                                 wrap_ddp)
 from alexnet.engine import StopRequest, amp_setup, build_optimizer, evaluate, train_one_epoch
 from alexnet.errors import UserError, run_main
 from alexnet.metrics import EpochTotals
@@ -125,11 +126,13 @@ def train(cfg, info, device, stop):
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         schedule.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
+        if ckpt["scaler"]:      # a disabled scaler (CPU, bf16) saves {}: a new fp16 run keeps its fresh scale
+            scaler.load_state_dict(ckpt["scaler"])
         start_epoch, best = ckpt["epoch"], ckpt["best_metric"]
         progress = ckpt.get("progress")
         if progress:
-            start_batch, totals = progress["batch"], EpochTotals(**progress["totals"])
+            per_rank = progress["totals"]    # one entry per rank of the run that saved it
+            start_batch, totals = progress["batch"], EpochTotals(**per_rank[min(info.rank, len(per_rank) - 1)])
         if start_epoch >= t.epochs:
             print(f"{ckpt_path} has finished all {t.epochs} epochs; raise --epochs to train longer")
             return 0
@@ -146,9 +149,13 @@ def train(cfg, info, device, stop):
                  purge_step=global_step if ckpt is not None else None, world_size=info.world_size)
     last, best_path = os.path.join(t.out, "last.pt"), os.path.join(t.out, "best.pt")
 
-    def checkpoint(epoch, step, progress=None):
-        """The resume state; RNG states of every rank (the rank-0 file restores them all)."""
+    def checkpoint(epoch, step, batch=None, running=None):
+        """The resume state; RNG states and, mid-epoch, running totals of every rank (the rank-0 file
+        restores them all)."""
         rngs = all_gather_object(rng_state())
+        progress = None
+        if batch is not None:
+            progress = {"batch": batch, "totals": all_gather_object(running.state_dict())}
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": schedule.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
                 "step": step, "best_metric": best, "rng": rngs, "class_names": list(loaders.class_names),
@@ -159,6 +166,16 @@ def train(cfg, info, device, stop):
         print(f"{where}: {len(loaders.class_names)} classes, {steps_per_epoch} steps/epoch, "
               f"global batch {cfg.optim.batch_size} on {info.world_size} x {device}, run dir {t.out}", flush=True)
     show = info.is_main and sys.stderr.isatty()
+
+    def stopped(where):
+        """SIGINT / SIGTERM: last.pt is saved; say where the run stopped and how to resume."""
+        name = signal.Signals(stop.signum).name if stop.requested else "a signal to another rank"
+        if info.is_main:
+            print(f"{name}: stopped {where}; saved {last}; resume with: "
+                  f"python train.py ... --out {t.out} --resume auto", file=sys.stderr, flush=True)
+        run.close()
+        return stop.exit_code or 128 + signal.SIGTERM
+
     for epoch in range(start_epoch, t.epochs):
         loaders.train_sampler.set_epoch(epoch, skip_batches=start_batch)
 
@@ -168,7 +185,7 @@ def train(cfg, info, device, stop):
                 run.scalars({"train/loss": running.loss, "train/top1": running.top1,
                              "train/lr": optimizer.param_groups[0]["lr"]}, step)
             if t.save_every_steps and step % t.save_every_steps == 0 and batches < steps_per_epoch:
-                state = checkpoint(epoch, step, {"batch": batches, "totals": running.state_dict()})
+                state = checkpoint(epoch, step, batches, running)
                 if info.is_main:
                     save_checkpoint(state, last)
             if batches == steps_per_epoch and t.log_images:
@@ -183,14 +200,10 @@ def train(cfg, info, device, stop):
         step = epoch * steps_per_epoch + result["batches"]
         start_batch, totals = 0, None
         if result["stopped"]:
-            state = checkpoint(epoch, step, {"batch": result["batches"], "totals": result["totals"].state_dict()})
+            state = checkpoint(epoch, step, result["batches"], result["totals"])
             if info.is_main:
                 save_checkpoint(state, last)
-                name = signal.Signals(stop.signum).name
-                print(f"{name}: stopped at step {step} (epoch {epoch + 1}, batch {result['batches']}); saved {last}; "
-                      f"resume with: python train.py ... --out {t.out} --resume auto", file=sys.stderr, flush=True)
-            run.close()
-            return stop.exit_code
+            return stopped(f"at step {step} (epoch {epoch + 1}, batch {result['batches']})")
 
         train_totals = result["totals"].all_reduce(device)
         val = evaluate(model, loaders.val, device, amp_dtype, val_tf, channels_last)
@@ -216,6 +229,9 @@ def train(cfg, info, device, stop):
                   f"top-5 {val['top5']:.1f}% | lr {lr:g} | {result['time']:.0f}s "
                   f"{result['images_per_s']:.0f} img/s{' | best' if is_best else ''}", flush=True)
         barrier()
+        # A signal during validation or saving: the epoch's checkpoint is written, stop here (all ranks agree).
+        if all_reduce_max([1.0 if stop.requested else 0.0], device)[0]:
+            return stopped(f"after epoch {epoch + 1}")
     run.close()
     if info.is_main:
         print(f"done: best val top-1 {best:.2f}%; checkpoints {last}, {best_path}; "

@@ -116,6 +116,25 @@ def test_sigterm_saves_and_resume_is_exact(straight, demo_root, tmp_path, monkey
     assert_same_weights(straight / "last.pt", tmp_path / "last.pt")
 
 
+def test_sigterm_during_validation_stops_after_the_epoch(straight, demo_root, tmp_path, monkeypatch, capsys):
+    original = train.evaluate
+
+    def evaluate_then_signal(*args, **kw):
+        result = original(*args, **kw)
+        os.kill(os.getpid(), signal.SIGTERM)               # arrives after the last step of epoch 1
+        return result
+
+    monkeypatch.setattr(train, "evaluate", evaluate_then_signal)
+    assert train.main(tiny_args(demo_root, tmp_path)) == 143
+    assert "SIGTERM: stopped after epoch 1" in capsys.readouterr().err
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert (ckpt["epoch"], ckpt["step"], ckpt["progress"]) == (1, 3, None)   # the whole epoch, saved
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
+    monkeypatch.undo()
+    assert train.main(tiny_args(demo_root, tmp_path, "--resume", "auto")) == 0
+    assert_same_weights(straight / "last.pt", tmp_path / "last.pt")
+
+
 def test_nan_loss_stops_with_step_and_never_best(demo_root, tmp_path):
     with pytest.raises(UserError, match=r"loss is (nan|inf) at step \d+") as e:
         train.main(tiny_args(demo_root, tmp_path, "--lr", "1e8", "model.init=paper"))
