@@ -111,6 +111,7 @@ def test_sigterm_saves_and_resume_is_exact(straight, demo_root, tmp_path, monkey
     assert "SIGTERM: stopped at step 2" in capsys.readouterr().err
     ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
     assert (ckpt["epoch"], ckpt["step"], ckpt["progress"]["batch"]) == (0, 2, 2)
+    assert [t["n"] for t in ckpt["progress"]["totals"]] == [80]   # one rank's running totals: 2 steps x 40
     monkeypatch.undo()
     assert train.main(tiny_args(demo_root, tmp_path, "--resume", "auto")) == 0
     assert_same_weights(straight / "last.pt", tmp_path / "last.pt")
