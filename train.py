@@ -74,6 +74,12 @@ def build_data(cfg, info, device):
     return build_loaders(d, **kwargs), None, None
 
 
+def this_rank(per_rank, rank):
+    """This rank's entry of a checkpoint's per-rank list (RNG states, running totals); the last entry
+    when the run that saved it had fewer ranks."""
+    return per_rank[min(rank, len(per_rank) - 1)]
+
+
 def resume_path(cfg):
     """train.resume -> a checkpoint path or None ("auto": OUT/last.pt if it exists)."""
     if cfg.train.resume == "auto":
@@ -131,13 +137,12 @@ def train(cfg, info, device, stop):
         start_epoch, best = ckpt["epoch"], ckpt["best_metric"]
         progress = ckpt.get("progress")
         if progress:
-            per_rank = progress["totals"]    # one entry per rank of the run that saved it
-            start_batch, totals = progress["batch"], EpochTotals(**per_rank[min(info.rank, len(per_rank) - 1)])
+            start_batch, totals = progress["batch"], EpochTotals(**this_rank(progress["totals"], info.rank))
         if start_epoch >= t.epochs:
             print(f"{ckpt_path} has finished all {t.epochs} epochs; raise --epochs to train longer")
             return 0
     torch.manual_seed(t.seed + info.rank)          # dropout differs between ranks, as on separate GPUs
-    rng = ckpt["rng"][min(info.rank, len(ckpt["rng"]) - 1)] if ckpt is not None else None
+    rng = this_rank(ckpt["rng"], info.rank) if ckpt is not None else None
     if rng is not None and not start_batch:
         set_rng_state(rng)
 
