@@ -21,7 +21,7 @@ import json
 
 import torch
 
-from alexnet.checkpoint import load_checkpoint, model_from_checkpoint
+from alexnet.checkpoint import load_for_inference
 from alexnet.errors import UserError, run_main
 from alexnet.lrn import LocalResponseNorm
 
@@ -29,8 +29,8 @@ from alexnet.lrn import LocalResponseNorm
 def export_friendly(model):
     """A copy of `model` with each LocalResponseNorm replaced by torch.nn.LocalResponseNorm(n, alpha * n,
     beta, k): the same function (Sec. 3.3; torch divides alpha by n, see alexnet/lrn.py) made of standard
-    ops. The fast custom LRN loops over batch chunks in Python, which would fix the batch size of the
-    exported program; torch's module traces with a dynamic batch, and ONNX maps it to its LRN operator."""
+    ops. The custom LRN is an autograd.Function whose saved sizes would fix the batch size of the exported
+    program; torch's module traces with a dynamic batch, and ONNX maps it to its LRN operator."""
     model = copy.deepcopy(model)
     for parent in list(model.modules()):
         for name, child in parent.named_children():
@@ -56,18 +56,19 @@ def max_difference(program, model, x):
         return (program.module()(x) - model.eval()(x)).abs().max().item()
 
 
-def checkpoint_meta(ckpt):
+def checkpoint_meta(inf):
     """What a user of the exported program needs besides the weights: class names and preprocessing."""
-    data = ckpt["config"]["data"]
+    d = inf.cfg.data
     return {
-        "class_names": list(ckpt["class_names"]),
-        "input": "float32 (N, C, crop, crop): pixels in [0, 1], shorter side resized to `resize`, "
-                 "central square, centre crop, then normalised per `normalize`",
-        "resize": data["resize"],
-        "crop": data["crop"],
-        "normalize": data["normalize"],  # "mean_image": subtract the training mean image (not stored here)
-        "mean": [float(v) for v in ckpt["stats"]["mean"]],
-        "std": [float(v) for v in ckpt["stats"]["std"]],
+        "class_names": inf.class_names,
+        "input": "float32 (N, C, crop, crop): shorter side resized to `resize`, central square, centre crop, "
+                 "pixels / 255, normalised per `normalize`, then times `pixel_scale` (mean_image only)",
+        "resize": d.resize,
+        "crop": d.crop,
+        "normalize": d.normalize,  # "mean_image": subtract the training mean image (not stored here)
+        "pixel_scale": d.pixel_scale,
+        "mean": [float(v) for v in inf.stats["mean"]],
+        "std": [float(v) for v in inf.stats["std"]],
     }
 
 
@@ -79,12 +80,12 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=0, help="example input side in px (default: the crop size)")
     a = p.parse_args(argv)
 
-    ckpt = load_checkpoint(a.checkpoint)
-    model = model_from_checkpoint(ckpt).eval()
-    size = a.size or ckpt["config"]["data"]["crop"]
-    example = torch.rand(2, ckpt["config"]["model"]["in_channels"], size, size)
+    inf = load_for_inference(a.checkpoint)
+    model = inf.model
+    size = a.size or inf.cfg.data.crop
+    example = torch.rand(2, inf.cfg.model.in_channels, size, size)
     program = export_model(model, example)
-    torch.export.save(program, a.out, extra_files={"meta.json": json.dumps(checkpoint_meta(ckpt))})
+    torch.export.save(program, a.out, extra_files={"meta.json": json.dumps(checkpoint_meta(inf))})
     check = torch.rand(3, *example.shape[1:])  # another batch size: checks the dynamic dimension
     print(f"wrote {a.out}: max |exported - eager| = {max_difference(torch.export.load(a.out), model, check):.2e}")
 

@@ -13,7 +13,8 @@ def alexnet(checkpoint=None, **kwargs):
     Args:
         checkpoint: optional path to a checkpoint written by train.py; the model is built from the
             checkpoint's model config and its weights are loaded. `model.class_names` then holds the
-            class names in output order.
+            class names in output order and `model.preprocessing` the input the model expects (resize,
+            crop, normalize, pixel_scale and the dataset statistics' channel mean / std).
         **kwargs: arguments of `alexnet.AlexNet` (num_classes, in_channels, variant, dropout, init, lrn,
             overlap_pool, groups). With a checkpoint they replace the checkpoint's values (a changed
             layer shape is then an error naming the layer).
@@ -21,14 +22,15 @@ def alexnet(checkpoint=None, **kwargs):
         the model, in training mode as `torch.hub` models are; call `.eval()` before inference.
     """
     # Imported here: this function's name shadows the package in this module's namespace.
+    from alexnet.checkpoint import load_for_inference
     from alexnet.model import AlexNet
 
     if checkpoint is None:
         return AlexNet(**kwargs)
-    from alexnet.checkpoint import load_checkpoint, model_from_checkpoint
-
-    ckpt = load_checkpoint(checkpoint)
-    model_cfg = {**ckpt["config"]["model"], **kwargs}
-    model = model_from_checkpoint({**ckpt, "config": {**ckpt["config"], "model": model_cfg}})
-    model.class_names = list(ckpt["class_names"])
+    inf = load_for_inference(checkpoint, **kwargs)
+    model = inf.model.train()
+    model.class_names = inf.class_names
+    d = inf.cfg.data
+    model.preprocessing = {"resize": d.resize, "crop": d.crop, "normalize": d.normalize, "pixel_scale": d.pixel_scale,
+                           "mean": [float(v) for v in inf.stats["mean"]], "std": [float(v) for v in inf.stats["std"]]}
     return model

@@ -12,19 +12,21 @@ import sys
 
 import torch
 
-from alexnet.checkpoint import load_checkpoint, model_from_checkpoint
-from alexnet.config import config_from_dict
+from alexnet.checkpoint import load_for_inference
+from alexnet.engine import Amp, predict_proba
 from alexnet.errors import UserError, run_main
-from dataloader.images import BadImageError, open_image
-from dataloader.transforms import EvalTransform
+from dataloader.augment import EvalAugment
+from dataloader.images import BadImageError, load_square
 
 
 @torch.inference_mode()
-def class_probabilities(model, views):
-    """Softmax class probabilities of one image. views: (C, H, W) or (V, C, H, W) -> (K,), averaged over V."""
-    if views.dim() == 3:
-        views = views[None]
-    return model(views).float().softmax(1).mean(0)
+def class_probabilities(inf, path, crops=1, device="cpu"):
+    """Softmax class probabilities (K,) of the image file at `path`, preprocessed as the checkpoint's
+    evaluation (`inf`: an alexnet.checkpoint.Inference); with crops=10 averaged over the ten views."""
+    d = inf.cfg.data
+    square = load_square(path, d.resize, "L" if inf.cfg.model.in_channels == 1 else "RGB")   # (C, R, R) uint8
+    views = EvalAugment(inf.stats, d, device, crops=crops)(square[None].to(device))          # (1, [10,] C, h, w)
+    return predict_proba(inf.model, views, Amp("none", device))[0]
 
 
 def main(argv=None):
@@ -40,26 +42,21 @@ def main(argv=None):
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda but no CUDA device is visible; use --device cpu")
 
-    ckpt = load_checkpoint(args.checkpoint)
-    cfg = config_from_dict(ckpt["config"])
-    class_names = list(ckpt["class_names"])
     device = torch.device(args.device)
-    model = model_from_checkpoint(ckpt).to(device).eval()
-    transform = EvalTransform(cfg.data, ckpt["stats"], crops=args.crops)
-    mode = "L" if cfg.model.in_channels == 1 else "RGB"
+    inf = load_for_inference(args.checkpoint, device)
+    class_names = inf.class_names
     k = min(args.topk, len(class_names))
 
     failed = 0
     for path in args.images:
         try:
-            views = transform(open_image(path, mode))        # (C, crop, crop) or (10, C, crop, crop)
+            probs, idx = class_probabilities(inf, path, args.crops, device).topk(k)
         except (BadImageError, OSError) as e:
             # BadImageError names the file; its advice about data.bad_images is for training, not here
             msg = str(e).split("; delete or replace it")[0] if isinstance(e, BadImageError) else f"cannot read {path} ({e})"
             print(f"error: {msg}", file=sys.stderr)
             failed += 1
             continue
-        probs, idx = class_probabilities(model, views.to(device)).topk(k)
         print(path)
         for prob, i in zip(probs.tolist(), idx.tolist()):
             print(f"  {prob:7.2%}  {class_names[i]}")

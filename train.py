@@ -13,21 +13,20 @@ import math
 import os
 import signal
 import sys
+import time
 
 import torch
 
-from alexnet.checkpoint import (VERSION, link_checkpoint, load_checkpoint, load_state_checked, rng_state,
-                                save_checkpoint, set_rng_state)
-from alexnet.config import load_config, to_dict
-from alexnet.cpu import tune_allocator
-from alexnet.distributed import (all_gather_object, all_reduce_max, barrier, cleanup, init_distributed, per_rank_batch,
-                                 wrap_ddp)
-from alexnet.engine import StopRequest, amp_setup, build_optimizer, evaluate, train_one_epoch
+from alexnet.checkpoint import TrainState, load_checkpoint
+from alexnet.config import load_config
+from alexnet.distributed import all_reduce_max, barrier, cleanup, init_distributed, per_rank_batch, wrap_ddp
+from alexnet.engine import Amp, StopRequest, build_optimizer, evaluate, train_one_epoch
 from alexnet.errors import UserError, run_main
-from alexnet.metrics import EpochTotals
 from alexnet.model import build_model
 from alexnet.schedule import LRSchedule
-from alexnet.tracking import RunLog
+from alexnet.tracking import RunLock, RunLog
+from dataloader.folder import build_loaders
+from dataloader.store import build_store_loaders
 
 # Flags of the original repo and common shortcuts -> config keys.
 FLAGS = {"data": "data.root", "epochs": "train.epochs", "batch_size": "optim.batch_size", "lr": "optim.lr",
@@ -55,191 +54,158 @@ def parse_config(argv=None):
     return load_config(args.config, flags + args.overrides)
 
 
+def memory_format(cfg, device):
+    """channels_last on CUDA (train.channels_last), the default layout elsewhere."""
+    return torch.channels_last if device.type == "cuda" and cfg.train.channels_last else torch.contiguous_format
+
+
 def build_data(cfg, info, device):
-    """Loaders for this rank (the per-rank batch), from the prepared store or the image folders."""
+    """Loaders of ready batches for this rank (the per-rank batch), from the prepared store or image folders."""
     d = cfg.data
     if not d.root and not d.store:
         raise UserError("no dataset given: pass --data ROOT (ROOT/train/<class>/*, ROOT/val/<class>/*), "
                         "or try --config configs/demo.yaml")
-    kwargs = dict(batch_size=per_rank_batch(cfg.optim.batch_size, info.world_size), seed=cfg.train.seed,
-                  rank=info.rank, world_size=info.world_size, device=device, eval_crops=1,
-                  in_channels=cfg.model.in_channels)
-    if d.store:
-        from dataloader.store import build_store_loaders  # lazy: the prepared-store path is optional
-
-        loaders = build_store_loaders(d, **kwargs)
-        return loaders, loaders.train_transform, loaders.val_transform
-    from dataloader.dataloader import build_loaders  # writes the demo set first when data.demo is set
-
-    return build_loaders(d, **kwargs), None, None
+    build = build_store_loaders if d.store else build_loaders   # build_loaders writes the demo set if asked
+    loaders = build(d, batch_size=per_rank_batch(cfg.optim.batch_size, info.world_size), seed=cfg.train.seed,
+                    rank=info.rank, world_size=info.world_size, device=device, in_channels=cfg.model.in_channels,
+                    channels_last=memory_format(cfg, device) == torch.channels_last)
+    if len(loaders.class_names) != cfg.model.num_classes:
+        raise UserError(f"model.num_classes={cfg.model.num_classes} but the data has {len(loaders.class_names)} "
+                        f"classes; pass --num_classes {len(loaders.class_names)}")
+    return loaders
 
 
-def this_rank(per_rank, rank):
-    """This rank's entry of a checkpoint's per-rank list (RNG states, running totals); the last entry
-    when the run that saved it had fewer ranks."""
-    return per_rank[min(rank, len(per_rank) - 1)]
-
-
-def resume_path(cfg):
-    """train.resume -> a checkpoint path or None ("auto": OUT/last.pt if it exists)."""
-    if cfg.train.resume == "auto":
+def resume_checkpoint(cfg):
+    """train.resume -> (path, checkpoint dict) or (None, None); "auto": OUT/last.pt if it exists."""
+    path = cfg.train.resume or None
+    if path == "auto":
         path = os.path.join(cfg.train.out, "last.pt")
-        return path if os.path.exists(path) else None
-    return cfg.train.resume or None
+        path = path if os.path.exists(path) else None
+    return path, (load_checkpoint(path) if path else None)
+
+
+class Session:
+    """What the steps of one training run share, and the two things done between steps: `after_step`
+    (TensorBoard scalars, mid-epoch checkpoints, input images) and `end_epoch` (validate, schedule, log,
+    save, print)."""
+
+    def __init__(self, cfg, info, state, loaders, amp, stop):
+        self.cfg, self.info, self.state, self.loaders, self.amp, self.stop = cfg, info, state, loaders, amp, stop
+        self.steps_per_epoch, self.epoch = len(loaders.train), state.epoch
+        out = cfg.train.out
+        self.last, self.best_path = os.path.join(out, "last.pt"), os.path.join(out, "best.pt")
+        step = state.epoch * self.steps_per_epoch + state.batch
+        self.log = RunLog(out, cfg, enabled=info.is_main, start_epoch=state.epoch,
+                          purge_step=step if step else None, world_size=info.world_size)
+
+    def step(self, batches):
+        return self.epoch * self.steps_per_epoch + batches
+
+    def after_step(self, totals, images):
+        t, step = self.cfg.train, self.step(totals.batches)
+        if step % t.log_every_steps == 0:
+            self.log.scalars({"train/loss": totals.loss, "train/top1": totals.top1,
+                              "train/lr": self.state.optimizer.param_groups[0]["lr"]}, step)
+        if t.save_every_steps and step % t.save_every_steps == 0 and totals.batches < self.steps_per_epoch:
+            self.state.save(self.last, self.epoch, step, totals, self.info.is_main)
+        if totals.batches == self.steps_per_epoch and t.log_images:
+            self.log.images(images, self.state.model.conv1.weight, self.epoch + 1)
+
+    def end_epoch(self, totals, seconds):
+        """Validate, step the plateau schedule, log, save (best.pt, last.pt), print."""
+        state, info, epoch = self.state, self.info, self.epoch
+        train_totals = totals.all_reduce(self.amp.device)
+        val = evaluate(state.model, self.loaders.val, self.amp)
+        lr = state.optimizer.param_groups[0]["lr"]
+        if state.schedule.epoch_end(100.0 - val["top1"]) and info.is_main:
+            s = self.cfg.schedule
+            print(f"validation error stopped improving: learning rate / {1 / s.factor:g} "
+                  f"(reduction {state.schedule.reductions} of {s.max_reductions})", flush=True)
+        is_best = math.isfinite(val["top1"]) and val["top1"] > state.best
+        state.best = val["top1"] if is_best else state.best
+        images_per_s = train_totals.n / max(seconds, 1e-9)
+        record = {"epoch": epoch + 1, "train_loss": train_totals.loss, "train_top1": train_totals.top1,
+                  "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"], "lr": lr,
+                  "epoch_time": seconds, "images_per_s": images_per_s}
+        step = self.step(totals.batches)
+        self.log.epoch(record, step)
+        # best.pt first, then last.pt as a hard link to it: written once, and a kill between the two
+        # leaves last.pt one epoch behind (redone on resume), never a best.pt older than best_metric.
+        state.save(self.best_path if is_best else self.last, epoch + 1, step, None, info.is_main,
+                   link=self.last if is_best else None)
+        if info.is_main:
+            print(f"epoch {epoch + 1}/{self.cfg.train.epochs}: train loss {record['train_loss']:.3f} top-1 "
+                  f"{record['train_top1']:.1f}% | val loss {val['loss']:.3f} top-1 {val['top1']:.1f}% "
+                  f"top-5 {val['top5']:.1f}% | lr {lr:g} | {seconds:.0f}s {images_per_s:.0f} img/s"
+                  f"{' | best' if is_best else ''}", flush=True)
+
+    def stopped(self, where):
+        """SIGINT / SIGTERM: last.pt is saved; say where the run stopped and how to resume. Returns the exit code."""
+        name = signal.Signals(self.stop.signum).name if self.stop.requested else "a signal to another rank"
+        if self.info.is_main:
+            print(f"{name}: stopped {where}; saved {self.last}; resume with: "
+                  f"python train.py ... --out {self.cfg.train.out} --resume auto", file=sys.stderr, flush=True)
+        self.log.close()
+        return self.stop.exit_code or 128 + signal.SIGTERM
 
 
 def main(argv=None):
     cfg = parse_config(argv)
     info, device = init_distributed(cfg.train.device)
-    if device.type == "cpu":
-        tune_allocator()
-    stop = StopRequest().install()
+    stop, lock = StopRequest().install(), None
     try:
+        lock = RunLock(cfg.train.out) if info.is_main else None   # before anything is read or written there
         return train(cfg, info, device, stop)
     finally:
+        if lock is not None:
+            lock.release()
         stop.restore()
         cleanup()
 
 
 def train(cfg, info, device, stop):
     t = cfg.train
-    ckpt_path = resume_path(cfg)
-    ckpt = load_checkpoint(ckpt_path) if ckpt_path else None    # before anything is written: bad file -> error
-
-    # --- data, model, optimizer -------------------------------------------------------------------
-    loaders, train_tf, val_tf = build_data(cfg, info, device)
-    if len(loaders.class_names) != cfg.model.num_classes:
-        raise UserError(f"model.num_classes={cfg.model.num_classes} but the data has {len(loaders.class_names)} "
-                        f"classes; pass --num_classes {len(loaders.class_names)}")
+    path, ckpt = resume_checkpoint(cfg)            # before anything is written: a bad file is an error
+    loaders = build_data(cfg, info, device)
     torch.manual_seed(t.seed)                      # the same initial weights on every rank, whatever ran before
-    model = build_model(cfg.model)
-    if ckpt is not None:
-        load_state_checked(model, ckpt["model"])
-        if list(ckpt.get("class_names", [])) != list(loaders.class_names):
-            raise UserError(f"checkpoint {ckpt_path} was trained on other classes than {cfg.data.root}; "
-                            "resume with the same dataset")
-    channels_last = device.type == "cuda" and t.channels_last
-    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    model = build_model(cfg.model).to(device, memory_format=memory_format(cfg, device))
     optimizer = build_optimizer(model, cfg.optim)
     schedule = LRSchedule(cfg.schedule, cfg.optim.lr)
-    amp_dtype, scaler = amp_setup(t.amp, device)
-    steps_per_epoch = len(loaders.train)
-    if steps_per_epoch == 0:
-        raise UserError(f"the training set has fewer images than one batch per rank "
-                        f"({cfg.optim.batch_size // info.world_size}); lower --batch-size")
-
-    start_epoch, start_batch, best, totals = 0, 0, -math.inf, None
-    if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        schedule.load_state_dict(ckpt["scheduler"])
-        if ckpt["scaler"]:      # a disabled scaler (CPU, bf16) saves {}: a new fp16 run keeps its fresh scale
-            scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, best = ckpt["epoch"], ckpt["best_metric"]
-        progress = ckpt.get("progress")
-        if progress:
-            start_batch, totals = progress["batch"], EpochTotals(**this_rank(progress["totals"], info.rank))
-        if start_epoch >= t.epochs:
-            print(f"{ckpt_path} has finished all {t.epochs} epochs; raise --epochs to train longer")
-            return 0
+    amp = Amp(t.amp, device)
+    state = TrainState(model, optimizer, schedule, amp.scaler, cfg, loaders.class_names, loaders.stats)
     torch.manual_seed(t.seed + info.rank)          # dropout differs between ranks, as on separate GPUs
-    rng = this_rank(ckpt["rng"], info.rank) if ckpt is not None else None
-    if rng is not None and not start_batch:
-        set_rng_state(rng)
-
+    if ckpt is not None:
+        state.restore(ckpt, path, info.rank)       # weights, optimizer, schedule, progress, this rank's RNG
+        if state.epoch >= t.epochs:
+            print(f"{path} has finished all {t.epochs} epochs; raise --epochs to train longer")
+            return 0
     train_model = wrap_ddp(model, device)          # `model` stays the plain module: its state dict is saved
     if t.compile:
         train_model = torch.compile(train_model)
-    global_step = start_epoch * steps_per_epoch + start_batch
-    run = RunLog(t.out, cfg, enabled=info.is_main, start_epoch=start_epoch,
-                 purge_step=global_step if ckpt is not None else None, world_size=info.world_size)
-    last, best_path = os.path.join(t.out, "last.pt"), os.path.join(t.out, "best.pt")
-
-    def checkpoint(epoch, step, batch=None, running=None):
-        """The resume state; RNG states and, mid-epoch, running totals of every rank (the rank-0 file
-        restores them all)."""
-        rngs = all_gather_object(rng_state())
-        progress = None
-        if batch is not None:
-            progress = {"batch": batch, "totals": all_gather_object(running.state_dict())}
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": schedule.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
-                "step": step, "best_metric": best, "rng": rngs, "class_names": list(loaders.class_names),
-                "config": to_dict(cfg), "stats": loaders.stats, "version": VERSION, "progress": progress}
-
+    run = Session(cfg, info, state, loaders, amp, stop)
     if info.is_main:
-        where = f"resuming from {ckpt_path} at epoch {start_epoch + 1}, batch {start_batch}" if ckpt else "starting"
-        print(f"{where}: {len(loaders.class_names)} classes, {steps_per_epoch} steps/epoch, "
+        where = f"resuming from {path} at epoch {state.epoch + 1}, batch {state.batch}" if ckpt else "starting"
+        print(f"{where}: {len(loaders.class_names)} classes, {run.steps_per_epoch} steps/epoch, "
               f"global batch {cfg.optim.batch_size} on {info.world_size} x {device}, run dir {t.out}", flush=True)
-    show = info.is_main and sys.stderr.isatty()
 
-    def stopped(where):
-        """SIGINT / SIGTERM: last.pt is saved; say where the run stopped and how to resume."""
-        name = signal.Signals(stop.signum).name if stop.requested else "a signal to another rank"
-        if info.is_main:
-            print(f"{name}: stopped {where}; saved {last}; resume with: "
-                  f"python train.py ... --out {t.out} --resume auto", file=sys.stderr, flush=True)
-        run.close()
-        return stop.exit_code or 128 + signal.SIGTERM
-
-    for epoch in range(start_epoch, t.epochs):
-        loaders.train_sampler.set_epoch(epoch, skip_batches=start_batch)
-
-        def on_step(batches, running, images, epoch=epoch):
-            step = epoch * steps_per_epoch + batches
-            if step % t.log_every_steps == 0:
-                run.scalars({"train/loss": running.loss, "train/top1": running.top1,
-                             "train/lr": optimizer.param_groups[0]["lr"]}, step)
-            if t.save_every_steps and step % t.save_every_steps == 0 and batches < steps_per_epoch:
-                state = checkpoint(epoch, step, batches, running)
-                if info.is_main:
-                    save_checkpoint(state, last)
-            if batches == steps_per_epoch and t.log_images:
-                run.images(images, model.conv1.weight, epoch + 1)
-
-        on_start = (lambda: set_rng_state(rng)) if (rng is not None and start_batch) else None
-        result = train_one_epoch(train_model, loaders.train, optimizer, device, epoch=epoch,
-                                 steps_per_epoch=steps_per_epoch, lr_fn=schedule.lr_at, scaler=scaler,
-                                 amp_dtype=amp_dtype, batch_transform=train_tf, channels_last=channels_last,
-                                 start_batch=start_batch, totals=totals, on_start=on_start, on_step=on_step,
-                                 stop=stop, show_progress=show, world_size=info.world_size)
-        step = epoch * steps_per_epoch + result["batches"]
-        start_batch, totals = 0, None
-        if result["stopped"]:
-            state = checkpoint(epoch, step, result["batches"], result["totals"])
-            if info.is_main:
-                save_checkpoint(state, last)
-            return stopped(f"at step {step} (epoch {epoch + 1}, batch {result['batches']})")
-
-        train_totals = result["totals"].all_reduce(device)
-        val = evaluate(model, loaders.val, device, amp_dtype, val_tf, channels_last)
-        lr = optimizer.param_groups[0]["lr"]
-        if schedule.epoch_end(100.0 - val["top1"]) and info.is_main:
-            print(f"validation error stopped improving: learning rate / {1 / cfg.schedule.factor:g} "
-                  f"(reduction {schedule.reductions} of {cfg.schedule.max_reductions})", flush=True)
-        is_best = math.isfinite(val["top1"]) and val["top1"] > best
-        best = val["top1"] if is_best else best
-        record = {"epoch": epoch + 1, "train_loss": train_totals.loss, "train_top1": train_totals.top1,
-                  "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"], "lr": lr,
-                  "epoch_time": result["time"], "images_per_s": result["images_per_s"]}
-        run.epoch(record, step)
-        state = checkpoint(epoch + 1, step)
-        if info.is_main:
-            # best.pt first, then last.pt as a hard link to it: written once, and a kill between the two
-            # leaves last.pt one epoch behind (redone on resume), never a best.pt older than best_metric.
-            save_checkpoint(state, best_path if is_best else last)
-            if is_best:
-                link_checkpoint(best_path, last)
-            print(f"epoch {epoch + 1}/{t.epochs}: train loss {record['train_loss']:.3f} top-1 "
-                  f"{record['train_top1']:.1f}% | val loss {val['loss']:.3f} top-1 {val['top1']:.1f}% "
-                  f"top-5 {val['top5']:.1f}% | lr {lr:g} | {result['time']:.0f}s "
-                  f"{result['images_per_s']:.0f} img/s{' | best' if is_best else ''}", flush=True)
+    for epoch in range(state.epoch, t.epochs):
+        run.epoch = epoch
+        loaders.train_sampler.set_epoch(epoch, skip_batches=state.batch)
+        start = time.perf_counter()
+        totals, stopped = train_one_epoch(train_model, loaders.train, optimizer, amp, epoch, lr_at=schedule.lr_at,
+                                          totals=state.take_totals(), on_step=run.after_step, stop=stop,
+                                          progress=info.is_main and sys.stderr.isatty())
+        if stopped:
+            state.save(run.last, epoch, run.step(totals.batches), totals, info.is_main)
+            return run.stopped(f"at step {run.step(totals.batches)} (epoch {epoch + 1}, batch {totals.batches})")
+        run.end_epoch(totals, time.perf_counter() - start)
         barrier()
         # A signal during validation or saving: the epoch's checkpoint is written, stop here (all ranks agree).
         if all_reduce_max([1.0 if stop.requested else 0.0], device)[0]:
-            return stopped(f"after epoch {epoch + 1}")
-    run.close()
+            return run.stopped(f"after epoch {epoch + 1}")
+    run.log.close()
     if info.is_main:
-        print(f"done: best val top-1 {best:.2f}%; checkpoints {last}, {best_path}; "
+        print(f"done: best val top-1 {state.best:.2f}%; checkpoints {run.last}, {run.best_path}; "
               f"tensorboard --logdir {t.out}")
     return 0
 

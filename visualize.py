@@ -11,7 +11,8 @@ Figures (written to --out):
   neighbours   fig4_neighbours.png: query validation images (first column) and the training images whose
                fc7 features (4096-d, after ReLU) are nearest in Euclidean distance (Fig. 4 right).
   confusion    confusion.png: the validation confusion matrix (data sets of up to about 50 classes).
-Preprocessing is the checkpoint's (the centre crop, as evaluate.py --crops 1).
+Preprocessing is the checkpoint's (the centre crop, or the ten views with --crops 10); images are shown as
+their centre crops. The drawing itself is in figures.py.
 """
 import argparse
 import os
@@ -19,12 +20,14 @@ import os
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from alexnet import figures
-from alexnet.checkpoint import load_checkpoint, model_from_checkpoint
-from alexnet.config import config_from_dict
+import figures
+from alexnet.checkpoint import load_for_inference
 from alexnet.distributed import resolve_device
+from alexnet.engine import Amp, predict_proba
 from alexnet.errors import UserError, run_main
-from dataloader.dataloader import build_eval_loader, read_synsets
+from dataloader.augment import EvalAugment, center_offset
+from dataloader.folder import build_eval_loader
+from dataloader.images import class_labels
 
 FILES = {"kernels": "fig3_conv1_kernels.png", "predictions": "fig4_predictions.png",
          "neighbours": "fig4_neighbours.png", "confusion": "confusion.png"}
@@ -37,20 +40,19 @@ def spread_indices(n, count):
 
 
 @torch.inference_mode()
-def run(model, dataset, indices, device, batch_size, features=False):
-    """Outputs of `model` on dataset[indices]: (softmax probs (N, K) or fc7 features (N, 4096), targets (N,),
-    images (N, C, crop, crop) still normalised; for 10-view items, probs are averaged and the centre view kept."""
-    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size)
+def run(ctx, dataset, indices, features=False):
+    """The model on dataset[indices]: (softmax probs (N, K), averaged over the views with --crops 10, or fc7
+    features (N, 4096) of the centre crop), targets (N,), centre crops as [0, 1] pixels (N, C, crop, crop)."""
+    crop = ctx.cfg.data.crop
+    augment = EvalAugment(ctx.stats, ctx.cfg.data, ctx.device, crops=1 if features else ctx.args.crops)
     outs, targets, images = [], [], []
-    for x, y in loader:
-        views = x.flatten(0, 1) if x.dim() == 5 else x               # (B*V, C, H, W)
-        out = model.forward_features(views.to(device)) if features else model(views.to(device)).softmax(1)
-        if x.dim() == 5:
-            out = out.view(x.shape[0], x.shape[1], -1).mean(1)         # average over the ten views (Sec. 4.1)
-            x = x[:, 4]                                                # the centre view, for display
+    for squares, y, _ in DataLoader(Subset(dataset, indices), batch_size=ctx.args.batch_size):
+        views = augment(squares.to(ctx.device))                       # (B, C, h, w) or (B, 10, C, h, w)
+        out = ctx.model.forward_features(views) if features else predict_proba(ctx.model, views, Amp("none", ctx.device))
+        o = center_offset(squares.shape[-1], crop)
         outs.append(out.float().cpu())
         targets.append(y)
-        images.append(x)
+        images.append(squares[..., o:o + crop, o:o + crop].float() / 255)
     return torch.cat(outs), torch.cat(targets), torch.cat(images)
 
 
@@ -58,21 +60,16 @@ class Context:
     """What the figure functions share: model, class labels, preprocessing, and the val / train sets."""
 
     def __init__(self, args):
-        ckpt = load_checkpoint(args.checkpoint)
-        self.cfg = config_from_dict(ckpt["config"])
-        self.stats = ckpt["stats"]
-        self.class_names = list(ckpt["class_names"])
-        self.labels = self.class_names
-        mapping = self.cfg.data.synset_mapping
-        if mapping and os.path.isfile(mapping):  # ImageNet: wnids -> readable names
-            synsets = read_synsets(mapping)
-            self.labels = [synsets.get(c, c).split(",")[0] for c in self.class_names]
         self.device = resolve_device(args.device)
-        self.model = model_from_checkpoint(ckpt).to(self.device).eval()
+        inf = load_for_inference(args.checkpoint, self.device)
+        self.model, self.cfg, self.stats, self.class_names = inf.model, inf.cfg, inf.stats, inf.class_names
+        mapping = self.cfg.data.synset_mapping
+        mapping = mapping if mapping and os.path.isfile(mapping) else ""   # ImageNet: wnids -> readable names
+        self.labels = [name.split(",")[0] for name in class_labels(self.class_names, mapping)]
         self.args = args
 
     def dataset(self, split):
-        """The ImageDataset of ROOT/<split> (or of --data itself for val, when it is a split folder)."""
+        """The ImageDataset (uint8 squares) of ROOT/<split> (or of --data itself for val, when it is a split folder)."""
         root = self.args.data or self.cfg.data.root
         if not root:
             raise UserError("this figure needs images: pass --data ROOT (with train/ and val/)")
@@ -81,14 +78,8 @@ class Context:
             if split == "train":
                 raise UserError(f"{path} does not exist; the neighbours figure needs ROOT/train/<class>/*")
             path = root
-        loader, _ = build_eval_loader(path, self.class_names, self.stats, self.cfg.data, self.args.batch_size,
-                                      crops=self.args.crops if split == "val" else 1,
-                                      in_channels=self.model.conv1.in_channels)
+        loader, _ = build_eval_loader(path, self.class_names, self.stats, self.cfg.data, self.args.batch_size)
         return loader.dataset
-
-    def show(self, images):
-        """Normalised crops -> pixels in [0, 1] for display."""
-        return figures.denormalize(images, self.stats, self.cfg.data.normalize)
 
 
 def fig_kernels(ctx):
@@ -98,21 +89,18 @@ def fig_kernels(ctx):
 
 def fig_predictions(ctx):
     ds = ctx.dataset("val")
-    probs, targets, images = run(ctx.model, ds, spread_indices(len(ds), ctx.args.num), ctx.device,
-                                 ctx.args.batch_size)
-    return figures.prediction_panel(ctx.show(images), probs, targets, ctx.labels, topk=5)
+    probs, targets, images = run(ctx, ds, spread_indices(len(ds), ctx.args.num))
+    return figures.prediction_panel(images, probs, targets, ctx.labels, topk=5)
 
 
 def fig_neighbours(ctx):
     a = ctx.args
     val, train = ctx.dataset("val"), ctx.dataset("train")
-    q_feat, q_targets, q_images = run(ctx.model, val, spread_indices(len(val), a.queries), ctx.device,
-                                      a.batch_size, features=True)
-    bank_idx = spread_indices(len(train), a.max_train)
-    bank_feat, bank_targets, bank_images = run(ctx.model, train, bank_idx, ctx.device, a.batch_size, features=True)
+    q_feat, q_targets, q_images = run(ctx, val, spread_indices(len(val), a.queries), features=True)
+    bank_feat, bank_targets, bank_images = run(ctx, train, spread_indices(len(train), a.max_train), features=True)
     nearest = figures.nearest_neighbours(q_feat, bank_feat, a.neighbours)        # (Q, k) into the bank
     return figures.neighbour_panel(
-        ctx.show(q_images), ctx.show(bank_images[nearest]),
+        q_images, bank_images[nearest],
         [ctx.labels[t] for t in q_targets.tolist()],
         [[ctx.labels[bank_targets[j]] for j in row] for row in nearest.tolist()])
 
@@ -122,7 +110,7 @@ def fig_confusion(ctx):
         raise UserError(f"the confusion matrix is drawn for up to {MAX_CONFUSION_CLASSES} classes; "
                         f"this checkpoint has {len(ctx.class_names)}")
     ds = ctx.dataset("val")
-    probs, targets, _ = run(ctx.model, ds, list(range(len(ds))), ctx.device, ctx.args.batch_size)
+    probs, targets, _ = run(ctx, ds, list(range(len(ds))))
     matrix = figures.confusion_matrix(probs.argmax(1), targets, len(ctx.class_names))
     return figures.confusion_image(matrix, ctx.labels)
 
@@ -131,7 +119,8 @@ MAKERS = {"kernels": fig_kernels, "predictions": fig_predictions, "neighbours": 
           "confusion": fig_confusion}
 
 
-def main(argv=None):
+def build_parser():
+    """The command-line options."""
     p = argparse.ArgumentParser(description="Write the paper's figures (Fig. 3, Fig. 4) from a checkpoint as PNG.")
     p.add_argument("figure", choices=[*MAKERS, "all"], help="which figure; all: every one the data allows")
     p.add_argument("--checkpoint", required=True, help="a checkpoint written by train.py")
@@ -144,7 +133,11 @@ def main(argv=None):
     p.add_argument("--crops", type=int, choices=(1, 10), default=1, help="predictions / confusion: 1 or 10 views")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     for name in ("num", "queries", "neighbours", "max_train", "batch_size"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from alexnet.errors import UserError
+from alexnet.model import INITS, VARIANTS
 
 
 @dataclass
@@ -17,7 +18,7 @@ class ModelConfig:
     num_classes: int = 1000
     in_channels: int = 3
     dropout: float = 0.5          # fc6 and fc7 (Sec. 4.2)
-    init: str = "paper"           # "paper": N(0, 0.01), biases 1/0 (Sec. 5) | "kaiming" | ...
+    init: str = "paper"           # "paper": N(0, 0.01), biases 1/0 (Sec. 5) | "caffe" | "kaiming" | "default"
     lrn: bool = True              # ablation switch (Sec. 3.3)
     overlap_pool: bool = True     # 3/2 pooling; False gives 2/2 (Sec. 3.4)
     groups: bool = True           # two-group conv2/4/5; False connects all maps
@@ -27,13 +28,14 @@ class ModelConfig:
 class DataConfig:
     root: str = ""                # ROOT holding train/<class>/* and val/<class>/*
     demo: bool = False            # generate the bundled demo dataset at `root` when it is missing
-    store: str = ""               # a prepared 256x256 store (benchmarks/perf issue); "" = ImageFolder path
+    store: str = ""               # a prepared R x R store (python -m dataloader.prepare); "" = ImageFolder path
     resize: int = 256             # shorter side, then central square (Sec. 2)
     crop: int = 224               # training / test patch (Sec. 4.1)
     flip: bool = True             # horizontal reflections (Sec. 4.1)
     random_crop: bool = True      # False: centre crop in training too (deterministic tests)
     pca_sigma: float = 0.1        # std of a_i in the PCA colour shift; 0 turns it off (Sec. 4.1)
     normalize: str = "mean_image" # "mean_image" (the paper: subtract the training mean image) | "channel"
+    pixel_scale: float = 1.0      # pixels in [0, pixel_scale]: 255 is the paper's raw 0-255 values (Sec. 2)
     stats: str = "auto"           # "auto": computed from train/ on first use and cached | "imagenet" | a file
     workers: int = 2              # DataLoader worker processes per rank
     bad_images: str = "error"     # "error": stop naming the file | "skip": skip and count
@@ -47,7 +49,9 @@ class OptimConfig:
     lr: float = 0.01              # Sec. 5; 0.1 (the ResNet default) diverges
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    no_bias_decay: bool = False   # option: no weight decay on biases (not the paper)
+    no_bias_decay: bool = False   # no weight decay on biases (cuda-convnet's and Caffe's AlexNet; the paper is silent)
+    bias_lr_factor: float = 1.0   # biases learn this many times faster (2 in cuda-convnet / Caffe; paper silent)
+    update: str = "torch"         # "torch": torch's SGD (v <- m v + g; w <- w - lr v) | "paper": Sec. 5's rule
 
 
 @dataclass
@@ -93,10 +97,11 @@ SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig,
 
 # Keys with a closed set of values: checked by validate(), listed in the error message.
 CHOICES = {
-    "model.variant": ("paper", "owt"),
-    "model.init": ("paper", "kaiming", "caffe", "default"),  # alexnet.model.INITS
+    "model.variant": VARIANTS,
+    "model.init": INITS,
     "data.normalize": ("mean_image", "channel"),
     "data.bad_images": ("error", "skip"),
+    "optim.update": ("torch", "paper"),
     "schedule.name": ("plateau", "step", "constant"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.amp": ("auto", "none", "bf16", "fp16"),
@@ -236,12 +241,14 @@ def validate(cfg):
     _check(dt.resize >= 1, "data.resize", f"must be >= 1, got {dt.resize}")
     _check(1 <= dt.crop <= dt.resize, "data.crop", f"must be in [1, data.resize={dt.resize}], got {dt.crop}")
     _check(dt.pca_sigma >= 0, "data.pca_sigma", f"must be >= 0, got {dt.pca_sigma}")
+    _check(dt.pixel_scale > 0, "data.pixel_scale", f"must be > 0 (1 or 255), got {dt.pixel_scale}")
     _check(dt.workers >= 0, "data.workers", f"must be >= 0, got {dt.workers}")
     _check(dt.max_bad_images >= 0, "data.max_bad_images", f"must be >= 0, got {dt.max_bad_images}")
     _check(o.batch_size >= 1, "optim.batch_size", f"must be >= 1, got {o.batch_size}")
     _check(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
     _check(0 <= o.momentum < 1, "optim.momentum", f"must be in [0, 1), got {o.momentum}")
     _check(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
+    _check(o.bias_lr_factor > 0, "optim.bias_lr_factor", f"must be > 0, got {o.bias_lr_factor}")
     _check(0 < s.factor <= 1, "schedule.factor", f"must be in (0, 1], got {s.factor}")
     _check(s.patience >= 0, "schedule.patience", f"must be >= 0, got {s.patience}")
     _check(s.max_reductions >= 0, "schedule.max_reductions", f"must be >= 0, got {s.max_reductions}")
@@ -252,6 +259,11 @@ def validate(cfg):
     _check(t.log_every_steps >= 1, "train.log_every_steps", f"must be >= 1, got {t.log_every_steps}")
     _check(bool(t.out), "train.out", "must name a run directory")
     return cfg
+
+
+def as_data_config(data_cfg):
+    """Accept the DataConfig dataclass or a dict of its fields (a checkpoint's "data" section)."""
+    return DataConfig(**data_cfg) if isinstance(data_cfg, dict) else data_cfg
 
 
 def to_dict(cfg):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from alexnet.cpu import tune_allocator
 from alexnet.errors import UserError
 
 # A rank that dies leaves the others blocked in a collective; this bounds the wait so they exit with an
@@ -24,6 +25,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    launched: bool = False     # started by torchrun (its rendezvous variables are set), even with one process
 
     @property
     def is_main(self):
@@ -31,11 +33,15 @@ class DistInfo:
 
     @property
     def enabled(self):
-        return self.world_size > 1
+        """A process group and DDP: several ranks, or any torchrun launch (one rank still runs NCCL / gloo)."""
+        return self.world_size > 1 or self.launched
 
 
 def resolve_device(name, local_rank=0):
-    """"auto" | "cpu" | "cuda" -> torch.device; under torchrun each rank takes GPU LOCAL_RANK."""
+    """"auto" | "cpu" | "cuda" -> torch.device; under torchrun each rank takes GPU LOCAL_RANK.
+
+    On the CPU it also tunes glibc's allocator for large short-lived tensors (`alexnet.cpu`).
+    """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
@@ -46,6 +52,7 @@ def resolve_device(name, local_rank=0):
                             "lower --nproc_per_node")
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
+    tune_allocator()
     return torch.device("cpu")
 
 
@@ -55,7 +62,8 @@ def init_distributed(device_name="auto"):
     Returns (DistInfo, torch.device).
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    info = DistInfo(int(os.environ.get("RANK", "0")), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    launched = all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+    info = DistInfo(int(os.environ.get("RANK", "0")), world_size, int(os.environ.get("LOCAL_RANK", "0")), launched)
     device = resolve_device(device_name, info.local_rank)
     if info.enabled and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
@@ -85,15 +93,6 @@ def all_gather_object(obj):
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
-
-
-def broadcast_object(obj, src=0):
-    """Rank `src`'s obj on every rank (e.g. a stop decision or an error message)."""
-    if not is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
 
 
 def all_reduce_max(values, device):

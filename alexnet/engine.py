@@ -1,12 +1,12 @@
-"""train_one_epoch() and evaluate(): the loop shared by train.py and evaluate.py.
+"""The optimizer, mixed precision, and the two loops shared by train.py and evaluate.py:
+`train_one_epoch()` and `evaluate()`.
 
 One code path for CPU and CUDA: autocast and GradScaler are always used and simply disabled where they do
-nothing (CPU without amp), so there is no separate "fast" branch to drift apart.
+nothing (CPU without amp), so there is no separate "fast" branch to drift apart. Loaders deliver ready
+batches on the device (`dataloader.folder`, `dataloader.store`), so the loops only train and count.
 """
 import math
 import signal
-import sys
-import time
 
 import torch
 import torch.nn.functional as F
@@ -24,37 +24,78 @@ class NonFiniteLoss(UserError):
     """The loss became NaN or inf; the run stops and the last good checkpoint is kept."""
 
 
-def amp_setup(amp, device):
-    """train.amp -> (autocast dtype or None, GradScaler). "auto": bf16 on CUDA, off on CPU.
+class Amp:
+    """Mixed precision on one device: the autocast dtype (None: off) and the GradScaler (on for fp16 only).
 
-    fp16 needs loss scaling (its range is too small for small gradients); bf16 has float32's range.
+    mode: train.amp: "auto" (bf16 on CUDA, off on CPU) | "none" | "bf16" | "fp16" (CUDA only: its range
+    needs loss scaling; bf16 has float32's range and needs none).
     """
-    if amp == "auto":
-        amp = "bf16" if device.type == "cuda" else "none"
-    if amp == "fp16" and device.type != "cuda":
-        raise UserError("train.amp=fp16 needs CUDA; use train.amp=none or bf16 on CPU")
-    dtype = AMP_DTYPES[amp]
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    return dtype, scaler
+
+    def __init__(self, mode, device):
+        self.device = torch.device(device)
+        if mode == "auto":
+            mode = "bf16" if self.device.type == "cuda" else "none"
+        if mode == "fp16" and self.device.type != "cuda":
+            raise UserError("train.amp=fp16 needs CUDA; use train.amp=none or bf16 on CPU")
+        self.mode, self.dtype = mode, AMP_DTYPES[mode]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+
+    def autocast(self):
+        """The one autocast context; a no-op when amp is off."""
+        return torch.autocast(self.device.type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None)
+
+    def step(self, loss, optimizer):
+        """Backward and optimizer step, through the GradScaler (a pass-through unless fp16)."""
+        optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+        self.scaler.update()
 
 
-def autocast(device, amp_dtype):
-    """The one autocast context; a no-op when amp_dtype is None."""
-    return torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None)
+class PaperSGD(torch.optim.Optimizer):
+    """Sec. 5's update rule: v <- momentum * v - weight_decay * lr * w - lr * grad;  w <- w + v.
+
+    The velocity carries the learning rate, so after a learning-rate drop the old velocity still moves the
+    weights at the old rate until it decays; torch's SGD (v <- momentum * v + grad + weight_decay * w;
+    w <- w - lr * v) rescales the whole velocity at once. The two agree while lr is constant.
+    """
+
+    def __init__(self, params, lr, momentum=0.9, weight_decay=5e-4):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            lr, m, wd = group["lr"], group["momentum"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "velocity" not in state:
+                    state["velocity"] = torch.zeros_like(p)
+                v = state["velocity"]
+                v.mul_(m).add_(p, alpha=-wd * lr).add_(p.grad, alpha=-lr)
+                p.add_(v)
 
 
 def build_optimizer(model, optim_cfg):
-    """SGD with momentum and weight decay (Sec. 5). PyTorch keeps lr outside the velocity
-    (v <- m v + g + wd w; w <- w - lr v); the paper's rule agrees with it while lr is constant.
-    Option no_bias_decay: biases (1-D tensors) get no weight decay (not the paper)."""
+    """SGD with momentum and weight decay (Sec. 5); `optim.update` picks torch's rule or the paper's.
+
+    no_bias_decay / bias_lr_factor: cuda-convnet's and Caffe's reference AlexNet gave biases no weight
+    decay and twice the learning rate (the paper does not say). A group's "lr_factor" multiplies the
+    learning rate the schedule sets (`alexnet.schedule.set_lr`).
+    """
+    o = optim_cfg
     params = [p for p in model.parameters() if p.requires_grad]
-    if optim_cfg.no_bias_decay:
-        groups = [{"params": [p for p in params if p.ndim > 1]},
-                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
-    else:
-        groups = [{"params": params}]
-    return torch.optim.SGD(groups, lr=optim_cfg.lr, momentum=optim_cfg.momentum,
-                           weight_decay=optim_cfg.weight_decay)
+    groups = [{"params": params}]          # the paper: one rule for every parameter
+    if o.no_bias_decay or o.bias_lr_factor != 1.0:
+        bias_group = {"params": [p for p in params if p.ndim <= 1], "lr_factor": o.bias_lr_factor}
+        if o.no_bias_decay:
+            bias_group["weight_decay"] = 0.0
+        groups = [{"params": [p for p in params if p.ndim > 1]}, bias_group]
+    if o.update == "paper":
+        return PaperSGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
 
 
 class StopRequest:
@@ -92,114 +133,103 @@ class StopRequest:
         return 128 + int(self.signum) if self.signum is not None else 0
 
 
-def to_device(batch, device, batch_transform=None, channels_last=False):
-    """(images, targets) -> on `device`; then `batch_transform(images)` (e.g. uint8 -> normalised float).
+def train_one_epoch(model, loader, optimizer, amp, epoch, *, lr_at=None, totals=None, on_step=None, stop=None,
+                    progress=False):
+    """Train `model` for (the rest of) one epoch; `loader` is already positioned by its sampler.
 
-    Batches already on the device are left where they are. images: (B, C, H, W) or (B, V, C, H, W).
-    """
-    images, targets = batch
-    images = images.to(device, non_blocking=True)
-    targets = targets.to(device, non_blocking=True)
-    if batch_transform is not None:
-        images = batch_transform(images)
-    if channels_last and images.dim() == 4:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images, targets
-
-
-def train_one_epoch(model, loader, optimizer, device, *, epoch, steps_per_epoch, lr_fn=None, scaler=None,
-                    amp_dtype=None, batch_transform=None, channels_last=False, start_batch=0, totals=None,
-                    on_start=None, on_step=None, stop=None, show_progress=False, world_size=1):
-    """Train `model` over `loader` (already positioned at `start_batch` by its sampler) for one epoch.
-
-    lr_fn(fractional_epoch) -> lr, set before every step. on_start() runs once the loader iterator exists
-    (resume restores RNG states there). on_step(batches_done, totals, images) runs after every step.
-    stop: a StopRequest; the epoch ends early after the current step when it is set (on any rank).
-    Raises NonFiniteLoss (with the global step) when the loss is NaN or inf.
-    Returns dict(loss, top1, n, time, images_per_s, batches, stopped); totals are this rank's only.
+    Args:
+        amp: an Amp. epoch: 0-based.
+        lr_at(fractional_epoch) -> lr, set before every step.
+        totals: the EpochTotals of a partly done epoch (mid-epoch resume), else a fresh one.
+        on_step(totals, images): after every step (logging, mid-epoch checkpoints).
+        stop: a StopRequest; the epoch ends after the current step when it is set (on any rank).
+    Returns (totals, stopped): this rank's EpochTotals (totals.batches = batches done) and whether a
+    stop request ended the epoch early. Raises NonFiniteLoss when the loss is NaN or inf.
     """
     model.train()
-    scaler = scaler if scaler is not None else torch.amp.GradScaler(device.type, enabled=False)
     totals = totals if totals is not None else EpochTotals()
-    bar = tqdm(total=steps_per_epoch, initial=start_batch, desc=f"epoch {epoch + 1}", disable=not show_progress,
+    steps = totals.batches + len(loader)
+    bar = tqdm(total=steps, initial=totals.batches, desc=f"epoch {epoch + 1}", disable=not progress,
                dynamic_ncols=True, leave=True)
-    start, seen, batches, stopped = time.perf_counter(), 0, start_batch, False
-    iterator = iter(loader)
-    if on_start is not None:
-        on_start()
-    for batch in iterator:
-        images, targets = to_device(batch, device, batch_transform, channels_last)
-        if lr_fn is not None:
-            set_lr(optimizer, lr_fn(epoch + batches / steps_per_epoch))
-        with autocast(device, amp_dtype):
+    stopped = False
+    for images, targets in loader:
+        if lr_at is not None:
+            set_lr(optimizer, lr_at(epoch + totals.batches / steps))
+        with amp.autocast():
             logits = model(images)                                   # (B, num_classes)
         loss = F.cross_entropy(logits.float(), targets)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-
-        n = targets.numel()
+        amp.step(loss, optimizer)
         c1, c5 = topk_correct(logits.detach().float(), targets)      # one host sync per step, shared
         loss_value = loss.item()
-        batches += 1
         # Every rank must agree on stopping, or the others would wait in the next all-reduce.
         bad, want_stop = all_reduce_max([0.0 if math.isfinite(loss_value) else 1.0,
-                                         1.0 if stop is not None and stop.requested else 0.0], device)
+                                         1.0 if stop is not None and stop.requested else 0.0], amp.device)
         if bad:
             bar.close()
-            step = epoch * steps_per_epoch + batches
-            raise NonFiniteLoss(f"loss is {loss_value} at step {step} (epoch {epoch + 1}, batch {batches}); "
-                                "stopped without saving: lower optim.lr or check the data, then --resume auto")
-        totals.add(loss_value * n, c1, c5, n)
-        seen += n
-        elapsed = time.perf_counter() - start
-        bar.set_postfix(loss=f"{totals.loss:.3f}", top1=f"{totals.top1:.1f}",
-                        img_s=f"{seen * world_size / max(elapsed, 1e-9):.0f}", refresh=False)
+            raise NonFiniteLoss(f"loss is {loss_value} at step {epoch * steps + totals.batches + 1} (epoch "
+                                f"{epoch + 1}, batch {totals.batches + 1}); stopped without saving: lower optim.lr "
+                                "or check the data, then --resume auto")
+        totals.add(loss_value * targets.numel(), c1, c5, targets.numel())
+        bar.set_postfix(loss=f"{totals.loss:.3f}", top1=f"{totals.top1:.1f}", refresh=False)
         bar.update(1)
         if on_step is not None:
-            on_step(batches, totals, images)
+            on_step(totals, images)
         if want_stop:
             stopped = True
             break
     bar.close()
-    elapsed = time.perf_counter() - start
-    return {"loss": totals.loss, "top1": totals.top1, "n": totals.n, "time": elapsed,
-            "images_per_s": seen * world_size / max(elapsed, 1e-9), "batches": batches, "stopped": stopped,
-            "totals": totals}
+    return totals, stopped
 
 
 @torch.inference_mode()
-def evaluate(model, loader, device, amp_dtype=None, batch_transform=None, channels_last=False,
-             show_progress=False):
+def evaluate(model, loader, amp, progress=False):
     """Loss and top-1 / top-5 accuracy (percent) of `model` on `loader`; sums all-reduced over ranks.
 
     images (B, C, H, W): one view per image, loss = cross-entropy of the logits.
-    images (B, 10, C, H, W): the paper's 10-crop test (Sec. 4.1): softmax averaged over the 10 views,
+    images (B, V, C, H, W): the paper's 10-view test (Sec. 4.1): softmax averaged over the V views,
     loss = NLL of the averaged probabilities.
     Returns dict(loss, top1, top5, n) with n the number of images over all ranks.
     """
     model.eval()
     totals = EpochTotals()
-    for batch in tqdm(loader, desc="eval", disable=not show_progress, leave=False, dynamic_ncols=True):
-        images, targets = to_device(batch, device, batch_transform, channels_last=False)
-        if images.dim() == 5:
-            b, v = images.shape[:2]
-            views = images.flatten(0, 1)                              # (B, V, C, H, W) -> (B*V, C, H, W)
-            if channels_last:
-                views = views.contiguous(memory_format=torch.channels_last)
-            with autocast(device, amp_dtype):
-                logits = model(views)                                 # (B*V, K)
-            probs = logits.float().softmax(1).view(b, v, -1).mean(1)  # (B, K)
+    for images, targets in tqdm(loader, desc="eval", disable=not progress, leave=False, dynamic_ncols=True):
+        probs = predict_proba(model, images, amp) if images.dim() == 5 else None
+        if probs is not None:
             loss = F.nll_loss(probs.clamp_min(1e-12).log(), targets, reduction="sum")
             scores = probs
         else:
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with autocast(device, amp_dtype):
+            with amp.autocast():
                 scores = model(images).float()                        # (B, K)
             loss = F.cross_entropy(scores, targets, reduction="sum")
         c1, c5 = topk_correct(scores, targets)
         totals.add(loss.item(), c1, c5, targets.numel())
-    totals = totals.all_reduce(device)
+    totals = totals.all_reduce(amp.device)
     return {"loss": totals.loss, "top1": totals.top1, "top5": totals.top5, "n": totals.n}
+
+
+def predict_proba(model, images, amp):
+    """Softmax class probabilities (B, K): images (B, C, H, W), or (B, V, C, H, W) with the softmax averaged
+    over the V views (Sec. 4.1). `model` in eval mode; called under no_grad / inference_mode."""
+    if images.dim() == 4:
+        images = images[:, None]
+    b, v = images.shape[:2]
+    with amp.autocast():
+        logits = model(images.flatten(0, 1))                          # (B*V, C, H, W) -> (B*V, K)
+    return logits.float().softmax(1).view(b, v, -1).mean(1)           # (B, K)
+
+
+class SoftmaxEnsemble(torch.nn.Module):
+    """Several models as one (Sec. 6: "averaging the predictions of five similar CNNs").
+
+    forward returns log(mean over models of softmax(logits)): a softmax of it gives the averaged
+    probabilities and its cross-entropy is their NLL, so `evaluate` scores it like any model (ten views
+    then average over models and views).
+    """
+
+    def __init__(self, models):
+        super().__init__()
+        self.members = torch.nn.ModuleList(models)
+
+    def forward(self, x):
+        probs = torch.stack([m(x).float().softmax(1) for m in self.members]).mean(0)   # (N, K)
+        return probs.clamp_min(1e-30).log()

@@ -10,6 +10,10 @@ class UserError(Exception):
     """
 
 
+class InputShapeError(UserError, ValueError):
+    """An input tensor the model cannot take (wrong channel count, too small); a ValueError for library users."""
+
+
 def run_main(main, argv=None):
     """Call ``main(argv)``; turn a UserError into one line on stderr and exit code 2."""
     try:

@@ -17,19 +17,22 @@ def topk_correct(scores, target, ks=(1, 5)):
 
 
 class EpochTotals:
-    """Running sums of one epoch: loss (sum over samples), top-1 / top-5 counts, sample count.
+    """Running sums of one epoch: loss (sum over samples), top-1 / top-5 counts, sample and batch counts.
 
     Plain floats and ints, so the partial totals of a mid-epoch checkpoint load with weights_only=True.
     """
 
-    def __init__(self, loss_sum=0.0, correct1=0, correct5=0, n=0):
+    def __init__(self, loss_sum=0.0, correct1=0, correct5=0, n=0, batches=0):
         self.loss_sum, self.correct1, self.correct5, self.n = float(loss_sum), int(correct1), int(correct5), int(n)
+        self.batches = int(batches)
 
     def add(self, loss_sum, correct1, correct5, n):
+        """One batch's sums."""
         self.loss_sum += float(loss_sum)
         self.correct1 += int(correct1)
         self.correct5 += int(correct5)
         self.n += int(n)
+        self.batches += 1
 
     @property
     def loss(self):
@@ -44,7 +47,8 @@ class EpochTotals:
         return 100.0 * self.correct5 / self.n if self.n else math.nan
 
     def state_dict(self):
-        return {"loss_sum": self.loss_sum, "correct1": self.correct1, "correct5": self.correct5, "n": self.n}
+        return {"loss_sum": self.loss_sum, "correct1": self.correct1, "correct5": self.correct5, "n": self.n,
+                "batches": self.batches}
 
     def all_reduce(self, device):
         """Sum the totals over all ranks (no-op when torch.distributed is not initialised)."""
@@ -52,4 +56,4 @@ class EpochTotals:
             return self
         t = torch.tensor([self.loss_sum, self.correct1, self.correct5, self.n], dtype=torch.float64, device=device)
         torch.distributed.all_reduce(t)
-        return EpochTotals(t[0].item(), round(t[1].item()), round(t[2].item()), round(t[3].item()))
+        return EpochTotals(t[0].item(), round(t[1].item()), round(t[2].item()), round(t[3].item()), self.batches)

@@ -8,7 +8,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from alexnet.errors import UserError
+from alexnet.errors import InputShapeError, UserError
 from alexnet.lrn import LocalResponseNorm
 
 VARIANTS = ("paper", "owt")
@@ -163,10 +163,10 @@ class AlexNet(nn.Module):
 
     def _check_size(self, x):
         if x.dim() != 4 or x.shape[1] != self.features.conv1.in_channels:
-            raise UserError(f"AlexNet expects input (N, {self.features.conv1.in_channels}, H, W), got "
+            raise InputShapeError(f"AlexNet expects input (N, {self.features.conv1.in_channels}, H, W), got "
                             f"{tuple(x.shape)}; set model.in_channels to the images' channel count")
         if min(x.shape[-2:]) < self.min_size:
-            raise UserError(f"images of {x.shape[-2]}x{x.shape[-1]} are too small for AlexNet; use a "
+            raise InputShapeError(f"images of {x.shape[-2]}x{x.shape[-1]} are too small for AlexNet; use a "
                             f"crop of at least {self.min_size} px (224 in the paper)")
 
     def forward_features(self, x):

@@ -60,5 +60,6 @@ class LRSchedule:
 
 
 def set_lr(optimizer, lr):
+    """Set every parameter group's learning rate to `lr` times the group's "lr_factor" (1 if absent)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_factor", 1.0)

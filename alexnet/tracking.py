@@ -1,10 +1,14 @@
-"""The run directory on rank 0: resolved config.yaml, run_info.json (git commit), metrics.jsonl, TensorBoard.
+"""The run directory on rank 0: one writer (RunLock), resolved config.yaml, run_info.json (git commit),
+metrics.jsonl, TensorBoard.
 
 Other ranks get a RunLog whose methods do nothing, so train.py has no `if rank == 0` around each call.
 """
+import errno
+import fcntl
 import json
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -13,6 +17,49 @@ import time
 import torch
 
 from alexnet.config import to_yaml
+from alexnet.errors import UserError
+
+LOCK_NAME = ".lock"
+# Temp files of checkpoint writes (alexnet.files.atomic_write, alexnet.checkpoint.link_checkpoint). Only the
+# lock holder writes them, so one found when the lock is taken was left by a writer killed during a save.
+STALE_TEMP = re.compile(r"\.(last|best)\.pt\.(tmp|link)\d+")
+
+
+class RunLock:
+    """One writer per run directory: an exclusive flock on OUT/.lock, held until release() or process exit.
+
+    The file names the holder (host, PID, start time) for the error a second writer gets. The kernel drops
+    the flock when its process dies (even by kill -9), so a lock left by a dead process is simply taken over;
+    the temp file of a checkpoint write it was killed in (up to a checkpoint's size) is removed then.
+    Keep a reference: the lock is released when the object is garbage collected.
+    """
+
+    def __init__(self, out):
+        os.makedirs(out, exist_ok=True)
+        self.path = os.path.join(out, LOCK_NAME)
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EACCES, errno.EAGAIN):
+                raise
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            raise UserError(f"run directory {out} is in use by {holder}; wait for that run to end, stop it, or "
+                            "train with another --out") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"PID {os.getpid()} on {socket.gethostname()} (since {time.strftime('%Y-%m-%d %H:%M:%S')})")
+        self.file.flush()
+        for name in os.listdir(out):
+            if STALE_TEMP.fullmatch(name):
+                os.remove(os.path.join(out, name))
+
+    def release(self):
+        if not self.file.closed:
+            fcntl.flock(self.file, fcntl.LOCK_UN)
+            self.file.close()
 
 
 def git_commit(folder):

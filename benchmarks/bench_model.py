@@ -6,7 +6,7 @@
    torch.nn.LocalResponseNorm(5, 5e-4, 0.75, 2) (the same function). Target: >= 3x faster.
 2. One SGD step (forward, cross-entropy, backward, update) of AlexNet(variant="paper") against
    torchvision.models.alexnet, batch 32, 224x224, fp32. Target: >= 0.8x torchvision's images/s.
-   Also printed: the paper model with torch's LRN (the 0.43x the issue started from).
+   Also printed: the paper model with torch's LRN, for comparison.
 Timings are medians of interleaved repeats after warm-up runs, so a busy machine slows both sides alike.
 """
 import argparse

@@ -6,8 +6,10 @@
 Measured in one run, on the same machine and the same images:
   model      the paper's AlexNet (1000 classes) training steps on synthetic batches already on the device
   loader     batches per second of the loader alone, with its augmentation
-               store: dataloader.store (raw memmap and JPEG-in-one-file) + dataloader.gpu_augment:
+               store: dataloader.store (raw memmap and JPEG-in-one-file) + dataloader.augment:
                       random 224 crop, flip, PCA colour shift, mean-image subtraction (the paper's, Sec. 4.1)
+               folder: dataloader.folder: DataLoader workers decode + resize to 256x256 uint8, then the
+                      same batched augmentation on the device
                reference: torchvision ImageFolder + RandomResizedCrop(224) + RandomHorizontalFlip + ToTensor
                       + Normalize through a DataLoader with the same number of workers
   end-to-end training steps fed by each loader
@@ -36,9 +38,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from alexnet.config import DataConfig  # noqa: E402
 from alexnet.cpu import tune_allocator  # noqa: E402
-from alexnet.engine import autocast  # noqa: E402
+from alexnet.engine import Amp  # noqa: E402
 from alexnet.errors import UserError, run_main  # noqa: E402
 from alexnet.model import AlexNet  # noqa: E402
+from dataloader.folder import build_loaders  # noqa: E402
 from dataloader.prepare import prepare  # noqa: E402
 from dataloader.store import build_store_loaders  # noqa: E402
 
@@ -94,23 +97,37 @@ def dir_stats(split_dir):
     return len(sizes), float(np.mean(sizes)), float(np.mean([d[0] for d in dims])), float(np.mean([d[1] for d in dims]))
 
 
-class Stepper:
-    """One SGD training step of the paper's AlexNet (Sec. 5 settings), with the project's autocast."""
+ARCHS = ("paper", "torchvision")
 
-    def __init__(self, device, amp_dtype, channels_last, compile_model):
+
+def build_arch(arch, num_classes=1000):
+    """"paper": this project's AlexNet (Sec. 3: two-group convolutions, LRN); "torchvision": torchvision's
+    alexnet (the one-GPU layout, no LRN), for comparison."""
+    if arch == "paper":
+        return AlexNet(num_classes=num_classes)
+    if arch == "torchvision":
+        import torchvision
+        return torchvision.models.alexnet(num_classes=num_classes)
+    raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+
+
+class Stepper:
+    """One SGD training step (Sec. 5 settings) of AlexNet (`build_arch`), with the project's autocast."""
+
+    def __init__(self, device, amp_mode, channels_last, compile_model, arch="paper"):
         torch.manual_seed(0)
-        self.model = AlexNet(num_classes=1000).to(device)
+        self.model = build_arch(arch).to(device)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.net = torch.compile(self.model) if compile_model else self.model
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-        self.device, self.amp_dtype, self.channels_last = device, amp_dtype, channels_last
+        self.device, self.amp, self.channels_last = device, Amp(amp_mode, device), channels_last
 
     def __call__(self, x, y):
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, self.amp_dtype):
+        with self.amp.autocast():
             loss = F.cross_entropy(self.net(x).float(), y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -162,6 +179,62 @@ def reference_loader(root, batch_size, workers, device):
                                        persistent_workers=workers > 0)
 
 
+def synthetic_batches(batch_size, device, classes=1000):
+    """One fixed random batch (x (B, 3, 224, 224), y (B,)) on `device`, yielded forever: the model alone."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(batch_size, 3, 224, 224, device=device, generator=gen)
+    y = torch.randint(0, classes, (batch_size,), device=device, generator=gen)
+    return iter(lambda: (x, y), None)
+
+
+def source_images(data, work, n_images):
+    """The ImageFolder ROOT to measure on: `data`, or `n_images` generated training JPEGs under `work`."""
+    if data:
+        return data
+    root = os.path.join(work, "images")
+    if not os.path.isdir(os.path.join(root, "train")):
+        t = time.perf_counter()
+        make_images(root, n_images, max(20, n_images // 20))
+        print(f"wrote {n_images} training JPEGs to {root} in {time.perf_counter() - t:.0f} s")
+    return root
+
+
+def prepare_stores(root, work, workers, n_train, formats=("raw", "jpeg"), size=256):
+    """Prepare one store per format from `root`. Returns ({fmt: store path}, {f"prepare_{fmt}": info})."""
+    stores, info = {}, {}
+    for fmt in formats:
+        out = os.path.join(work, f"store_{fmt}")
+        t = time.perf_counter()
+        prepare(root, out, workers=workers, fmt=fmt, size=size, progress=False)
+        dt = time.perf_counter() - t
+        per_image = os.path.getsize(os.path.join(out, "train.u8" if fmt == "raw" else "train.jpg")) / n_train
+        stores[fmt] = out
+        info[f"prepare_{fmt}"] = {"bytes_per_image": per_image, "seconds": dt}
+        print(f"store {fmt}: {per_image / 1e3:.1f} KB per image (prepared in {dt:.0f} s, {workers} workers)")
+    return stores, info
+
+
+def store_batches(store, batch_size, device, workers, **loader_kw):
+    """Training batches of a prepared store (the paper's augmentation on `device`), epoch after epoch.
+    Returns (batches, loaders)."""
+    cfg = DataConfig(store=store, resize=256, crop=224, workers=workers)
+    loaders = build_store_loaders(cfg, batch_size=batch_size, seed=0, device=device, **loader_kw)
+    return batches_forever(lambda: loaders.train, loaders.train_sampler.set_epoch), loaders
+
+
+def folder_batches(root, batch_size, device, workers):
+    """Training batches of the image-folder path (dataloader.folder), epoch after epoch. Returns (batches, loaders)."""
+    cfg = DataConfig(root=root, resize=256, crop=224, workers=workers)
+    loaders = build_loaders(cfg, batch_size=batch_size, seed=0, device=device, channels_last=True)
+    return batches_forever(lambda: loaders.train, loaders.train_sampler.set_epoch), loaders
+
+
+def reference_batches(root, batch_size, workers, device):
+    """Training batches of `reference_loader`, epoch after epoch."""
+    ref = reference_loader(root, batch_size, workers, device)
+    return batches_forever(lambda: ref)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", default="", help="an ImageFolder ROOT (default: generate JPEGs from sample photos)")
@@ -186,45 +259,28 @@ def main(argv=None):
     bs = a.batch_size or (256 if cuda else 32)
     steps = a.steps or (100 if cuda else 6)
     loader_batches = a.loader_batches or (200 if cuda else 20)
-    amp_dtype = torch.bfloat16 if cuda else None
+    amp_mode = "bf16" if cuda else "none"
     work = a.work or tempfile.mkdtemp(prefix="alexnet_bench_")
     res = {"device": torch.cuda.get_device_name(device) if cuda else f"CPU ({os.cpu_count()} cores)",
            "torch": torch.__version__, "python": platform.python_version(), "batch_size": bs, "steps": steps,
            "workers": a.workers, "amp": "bf16" if cuda else "none", "channels_last": True, "compile": a.compile,
            "allocator_tuned": tuned}
     try:
-        root = a.data
-        if not root:
-            root = os.path.join(work, "images")
-            if not os.path.isdir(os.path.join(root, "train")):
-                t = time.perf_counter()
-                make_images(root, a.images, max(20, a.images // 20))
-                print(f"wrote {a.images} training JPEGs to {root} in {time.perf_counter() - t:.0f} s")
+        root = source_images(a.data, work, a.images)
         n, jpeg_bytes, w, h = dir_stats(os.path.join(root, "train"))
         res["source"] = {"images": n, "bytes_per_image": jpeg_bytes, "mean_size": [w, h]}
         print(f"source: {n} train JPEGs, mean {w:.0f}x{h:.0f}, {jpeg_bytes / 1e3:.0f} KB each")
-
-        stores = {}
-        for fmt in ("raw", "jpeg"):
-            out = os.path.join(work, f"store_{fmt}")
-            t = time.perf_counter()
-            prepare(root, out, workers=a.workers, fmt=fmt, size=256, progress=False)
-            dt = time.perf_counter() - t
-            size = os.path.getsize(os.path.join(out, "train.u8" if fmt == "raw" else "train.jpg")) / n
-            stores[fmt] = out
-            res[f"prepare_{fmt}"] = {"bytes_per_image": size, "seconds": dt}
-            print(f"store {fmt}: {size / 1e3:.1f} KB per image (prepared in {dt:.0f} s, {a.workers} workers)")
+        stores, info = prepare_stores(root, work, a.workers, n)
+        res.update(info)
 
         # channels_last on both paths: the store's batches come in it; the reference's NCHW batches are
         # converted in the step (a cheap copy), so both feed the model the same layout.
-        stepper = Stepper(device, amp_dtype, True, a.compile)
-        gen = torch.Generator(device=device).manual_seed(0)
-        x = torch.randn(bs, 3, 224, 224, device=device, generator=gen)
-        y = torch.randint(0, 1000, (bs,), device=device, generator=gen)
+        stepper = Stepper(device, amp_mode, True, a.compile)
+        synthetic = synthetic_batches(bs, device)
         # The model alone is measured before and after each end-to-end run (A-B-A): on a shared machine the
         # load drifts, and each end-to-end figure is compared with the mean of its two neighbours.
         def model_alone():
-            r = rate(iter(lambda: (x, y), None), steps, bs, device, stepper, warmup=1)
+            r = rate(synthetic, steps, bs, device, stepper, warmup=1)
             res.setdefault("model_runs", []).append(r)
             print(f"model alone:                 {r:8.1f} img/s")
             return r
@@ -232,25 +288,27 @@ def main(argv=None):
         model_alone()
 
         for fmt, out in stores.items():
-            cfg = DataConfig(store=out, resize=256, crop=224, workers=a.workers)
-            loaders = build_store_loaders(cfg, batch_size=bs, seed=0, device=device)
-            feed = batches_forever(lambda: loaders.train, loaders.train_sampler.set_epoch)
+            feed, loaders = store_batches(out, bs, device, a.workers)
             res[f"store_{fmt}_loader"] = rate(feed, loader_batches, bs, device)
             print(f"store {fmt:4s} loader alone:      {res[f'store_{fmt}_loader']:8.1f} img/s")
             if fmt == "raw":
-                feed = batches_forever(lambda: loaders.train, loaders.train_sampler.set_epoch)
+                feed, loaders = store_batches(out, bs, device, a.workers)
                 res["store_raw_end_to_end"] = rate(feed, steps, bs, device, stepper, warmup=1)
                 print(f"store raw  end-to-end:       {res['store_raw_end_to_end']:8.1f} img/s")
                 model_alone()
             del feed, loaders
 
-        ref = reference_loader(root, bs, a.workers, device)
-        feed = batches_forever(lambda: ref)
+        feed, loaders = folder_batches(root, bs, device, a.workers)
+        res["folder_loader"] = rate(feed, loader_batches, bs, device)
+        print(f"folder loader alone:         {res['folder_loader']:8.1f} img/s")
+        del feed, loaders
+
+        feed = reference_batches(root, bs, a.workers, device)
         res["reference_loader"] = rate(feed, loader_batches, bs, device)
         print(f"reference loader alone:      {res['reference_loader']:8.1f} img/s")
         res["reference_end_to_end"] = rate(feed, steps, bs, device, stepper, warmup=1)
         print(f"reference end-to-end:        {res['reference_end_to_end']:8.1f} img/s")
-        del feed, ref
+        del feed
         model_alone()
         runs = res["model_runs"]
         res["model"] = sum(runs) / len(runs)
@@ -258,6 +316,7 @@ def main(argv=None):
         res["ratios"] = {
             "store_raw_loader / reference_loader": res["store_raw_loader"] / res["reference_loader"],
             "store_jpeg_loader / reference_loader": res["store_jpeg_loader"] / res["reference_loader"],
+            "folder_loader / reference_loader": res["folder_loader"] / res["reference_loader"],
             "store_raw_end_to_end / model": res["store_raw_end_to_end"] / ((runs[0] + runs[1]) / 2),
             "reference_end_to_end / model": res["reference_end_to_end"] / ((runs[1] + runs[2]) / 2),
         }

@@ -20,7 +20,7 @@ import os
 import shutil
 
 from alexnet.errors import UserError, run_main
-from dataloader.images import is_image_file
+from dataloader.images import is_image_file, read_synsets
 
 
 def read_labels(path, synsets=None):
@@ -91,7 +91,6 @@ def main(argv=None):
     a = p.parse_args(argv)
     synsets = None
     if a.synsets:
-        from dataloader.dataloader import read_synsets
         synsets = list(read_synsets(a.synsets))
     counts = arrange(a.val_dir, read_labels(a.labels, synsets), a.out, a.copy)
     print(f"{a.out}: {counts['link']} linked, {counts['copy']} copied, "

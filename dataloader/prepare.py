@@ -3,7 +3,7 @@
     python -m dataloader.prepare ROOT OUT [--workers N] [--format raw|jpeg] [--size 256] [--quality 90]
 
 Every image of ROOT/train and ROOT/val is decoded once, its shorter side scaled to R and its central
-R x R patch cut out (`dataloader.transforms.ResizeCenterSquare`, the same pixels as the ImageFolder
+R x R patch cut out (`dataloader.images.load_square`, the same pixels as the ImageFolder
 path), in parallel over CPU cores. OUT then holds:
 
     index.json            format, size, class names, image counts; written last: its presence means
@@ -36,10 +36,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from alexnet.errors import UserError, run_main
-from dataloader.dataloader import scan_root
-from dataloader.images import BadImageError, open_image
+from alexnet.files import atomic_write
+from dataloader.images import BadImageError, load_square, scan_root
 from dataloader.stats import save_stats, stats_from_sums
-from dataloader.transforms import ResizeCenterSquare
+from dataloader.store import StoreSplit
 
 SPLITS = ("train", "val")
 VERSION = 1
@@ -47,13 +47,14 @@ VERSION = 1
 
 def load_resized(path, size):
     """The R x R uint8 array (R, R, 3) of the image at `path`, exactly as the ImageFolder path sees it."""
-    return np.asarray(ResizeCenterSquare(size)(open_image(path, "RGB")), dtype=np.uint8)
+    return load_square(path, size, "RGB").permute(1, 2, 0).numpy()
 
 
-def decode_jpeg(data):
-    """JPEG bytes -> uint8 array (H, W, 3)."""
-    with Image.open(BytesIO(data)) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+def _worker_pool(workers):
+    """A fork pool whose workers run torch single-threaded: OpenMP's thread pool does not survive fork,
+    so a worker's first parallel torch op (e.g. load_square's copy of a 256 x 256 image) would hang
+    once the parent has run one (torch.zeros(256, 256, 3) below). DataLoader workers do the same."""
+    return multiprocessing.get_context("fork").Pool(workers, initializer=torch.set_num_threads, initargs=(1,))
 
 
 # ---------------------------------------------------------------- one chunk (runs in a worker process)
@@ -94,20 +95,11 @@ def _do_chunk(task):
         it = iter(blobs)
         blobs = [b"" if i in bad_idx else next(it) for i in range(n)]   # a skipped image stores 0 bytes
         data = b"".join(blobs)
-        _write_atomic(os.path.join(out, ".work", f"{split}_{task['chunk']:06d}.jpg"), data)
+        atomic_write(os.path.join(out, ".work", f"{split}_{task['chunk']:06d}.jpg"), data)
         crc = zlib.crc32(data)
         lengths = [len(b) for b in blobs]
     return {"split": split, "chunk": task["chunk"], "n": n, "crc": crc, "lengths": lengths, "bad": bad,
             "pixel_sum": pixel_sum, "gram": gram}   # numpy: torch tensors would travel by fd sharing
-
-
-def _write_atomic(path, data):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _crc_of_range(args):
@@ -151,9 +143,7 @@ def _load_progress(work, key):
 
 
 def _save_progress(work, prog):
-    tmp = os.path.join(work, "progress.pt.tmp")
-    torch.save(prog, tmp)
-    os.replace(tmp, os.path.join(work, "progress.pt"))
+    atomic_write(os.path.join(work, "progress.pt"), lambda f: torch.save(prog, f))
 
 
 def _finish_split(out, split, fmt, n, chunks, records):
@@ -167,16 +157,14 @@ def _finish_split(out, split, fmt, n, chunks, records):
     lengths = np.concatenate([np.asarray(records[c]["lengths"], np.int64) for c, _, _ in chunks])
     offsets = np.zeros(n + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    tmp = os.path.join(out, f"{split}.jpg.tmp")
-    with open(tmp, "wb") as f:
-        for c, s, e in chunks:
-            part = os.path.join(out, ".work", f"{split}_{c:06d}.jpg")
-            with open(part, "rb") as src:
+
+    def concatenate(f):
+        for c, _, _ in chunks:
+            with open(os.path.join(out, ".work", f"{split}_{c:06d}.jpg"), "rb") as src:
                 shutil.copyfileobj(src, f)
-            ranges.append((records[c]["crc"], int(offsets[s]), int(offsets[e] - offsets[s])))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(out, f"{split}.jpg"))
+
+    atomic_write(os.path.join(out, f"{split}.jpg"), concatenate)
+    ranges += [(records[c]["crc"], int(offsets[s]), int(offsets[e] - offsets[s])) for c, s, e in chunks]
     np.save(os.path.join(out, f"{split}_offsets.npy"), offsets)
     return ranges
 
@@ -200,8 +188,7 @@ def verify(out, split, fmt, size, samples, ranges, pool, spot=8, seed=0):
     """
     path = _check_crcs(out, split, fmt, ranges, pool)
     labels = np.load(os.path.join(out, f"{split}_labels.npy"))
-    from dataloader.store import StoreSplit  # the reader the training run will use
-    reader = StoreSplit(out, split)
+    reader = StoreSplit(out, split)   # the reader the training run will use
     rng = random.Random(seed)
     good = [i for i in range(len(samples)) if labels[i] >= 0]
     for i in rng.sample(good, min(spot, len(good))):
@@ -217,11 +204,13 @@ def verify(out, split, fmt, size, samples, ranges, pool, spot=8, seed=0):
 
 # ---------------------------------------------------------------- the command
 
-def prepare(root, out, *, workers=None, fmt="raw", size=256, quality=90, chunk_size=256, bad_images="error",
-            max_bad_images=100, progress=True, max_chunks=None):
+def prepare(root, out, *, workers=None, fmt="raw", size=256, quality=90, chunk_size=256, skip_bad=None,
+            progress=True, max_chunks=None):
     """Build (or resume, or confirm) the store of ROOT at OUT. Returns the index dict, or None if stopped early.
 
-    max_chunks: process at most this many chunks in this call, then stop (the next call resumes).
+    skip_bad: None: an unreadable source file stops the run naming it; N: skip and count unreadable files,
+    stopping once more than N were skipped. max_chunks: process at most this many chunks in this call,
+    then stop (the next call resumes).
     """
     if fmt not in ("raw", "jpeg"):
         raise UserError(f"--format must be raw or jpeg, got {fmt!r}")
@@ -262,12 +251,12 @@ def prepare(root, out, *, workers=None, fmt="raw", size=256, quality=90, chunk_s
             if c not in prog["records"][split]:
                 tasks.append({"out": out, "split": split, "format": fmt, "size": size, "quality": quality,
                               "chunk": c, "start": s, "total": n, "paths": [p for p, _ in samples[split][s:e]],
-                              "stats": split == "train", "skip_bad": bad_images == "skip"})
+                              "stats": split == "train", "skip_bad": skip_bad is not None})
     stopped = max_chunks is not None and len(tasks) > max_chunks
     tasks = tasks[:max_chunks] if max_chunks is not None else tasks
     total = sum(len(samples[s]) for s in SPLITS)
     todo = sum(len(t["paths"]) for t in tasks)
-    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
+    pool = _worker_pool(workers) if workers > 1 else None
     try:
         results = pool.imap_unordered(_do_chunk, tasks) if pool is not None else map(_do_chunk, tasks)
         bar = tqdm(total=total, initial=total - todo, unit="img", desc=f"prepare {out}", disable=not progress,
@@ -281,8 +270,8 @@ def prepare(root, out, *, workers=None, fmt="raw", size=256, quality=90, chunk_s
             prog["records"][rec["split"]][rec["chunk"]] = rec
             bar.update(rec["n"])
             nbad = sum(len(r["bad"]) for recs in prog["records"].values() for r in recs.values())
-            if nbad > max_bad_images:
-                raise UserError(f"more than {max_bad_images} unreadable images under {root}; "
+            if nbad > (skip_bad or 0):
+                raise UserError(f"more than {skip_bad or 0} unreadable images under {root}; "
                                 "fix or remove them (see the errors above), or raise --max-bad-images")
             if time.monotonic() - last_save > 5:  # the record of finished chunks: what a resume keeps
                 _save_progress(work, prog)
@@ -291,7 +280,7 @@ def prepare(root, out, *, workers=None, fmt="raw", size=256, quality=90, chunk_s
         _save_progress(work, prog)
         if stopped:
             return None
-        index = _finalize(root, out, fmt, size, class_names, samples, key, prog, chunk_size, pool, progress)
+        index = _finalize(root, out, fmt, size, (class_names, samples, key), prog, chunk_size, pool, progress)
     finally:
         if pool is not None:
             pool.terminate()
@@ -299,8 +288,11 @@ def prepare(root, out, *, workers=None, fmt="raw", size=256, quality=90, chunk_s
     return index
 
 
-def _finalize(root, out, fmt, size, class_names, samples, key, prog, chunk_size, pool, progress):
-    """All chunks are written: labels, file lists, stats; verify; then index.json (the completion mark)."""
+def _finalize(root, out, fmt, size, plan, prog, chunk_size, pool, progress):
+    """All chunks are written: labels, file lists, stats; verify; then index.json (the completion mark).
+
+    plan: (class_names, samples per split, fingerprint key) from _plan."""
+    class_names, samples, key = plan
     counts, skipped, checksums = {}, {}, {}
     for split in SPLITS:
         n = len(samples[split])
@@ -329,10 +321,7 @@ def _finalize(root, out, fmt, size, class_names, samples, key, prog, chunk_size,
         json.dump(checksums, f)   # [CRC32, byte offset, length] per chunk, for verify_store
     index = {"version": VERSION, "format": fmt, "size": size, "class_names": class_names,
              "num_images": counts, "skipped": skipped, "stats": "stats.pt", "key": key}
-    tmp = os.path.join(out, "index.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(index, f, indent=1)
-    os.replace(tmp, os.path.join(out, "index.json"))
+    atomic_write(os.path.join(out, "index.json"), json.dumps(index, indent=1))
     if progress:
         print(f"wrote {out}: {fmt}, {size}x{size}, train {counts['train']} / val {counts['val']} images, "
               f"{len(class_names)} classes; verified (counts, CRC32 of every chunk, re-decoded spot checks)")
@@ -348,7 +337,7 @@ def verify_store(out, workers=0):
         fmt = json.load(f)["format"]
     with open(sums_path) as f:
         sums = json.load(f)
-    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
+    pool = _worker_pool(workers) if workers > 1 else None
     try:
         for split in SPLITS:
             _check_crcs(out, split, fmt, sums[split], pool)
@@ -364,7 +353,7 @@ def main(argv=None):
     p.add_argument("out", help="folder to write the store to (resumes an interrupted run)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--format", default="raw", choices=("raw", "jpeg"),
-                   help="raw: uint8 memory map, fastest to read; jpeg: about 10x smaller (README: Performance)")
+                   help="raw: uint8 memory map, fastest to read; jpeg: about 10x smaller (docs/performance.md)")
     p.add_argument("--size", type=int, default=256, help="R: shorter side, then central square (Sec. 2)")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality (--format jpeg)")
     p.add_argument("--chunk-size", type=int, default=256, help="images per resumable unit of work")
@@ -378,7 +367,7 @@ def main(argv=None):
         print(f"{a.out}: {n} chunks verified")
         return
     prepare(a.root, a.out, workers=a.workers, fmt=a.format, size=a.size, quality=a.quality,
-            chunk_size=a.chunk_size, bad_images=a.bad_images, max_bad_images=a.max_bad_images)
+            chunk_size=a.chunk_size, skip_bad=a.max_bad_images if a.bad_images == "skip" else None)
 
 
 if __name__ == "__main__":

@@ -17,10 +17,11 @@ import torch
 from tqdm import tqdm
 
 from alexnet.errors import UserError, run_main
-from dataloader.images import BadImageError, open_image
-from dataloader.transforms import ResizeCenterSquare
+from alexnet.files import atomic_write
+from dataloader.images import BadImageError, ResizeCenterSquare, find_classes, list_images, open_image
 
-# ImageNet's published values for [0, 1] pixels (torchvision; PCA from fb.resnet.torch, see PAPER.md).
+# ImageNet's published values for [0, 1] pixels: mean / std from torchvision (averages of per-image std);
+# PCA from fb.resnet.torch: eigenvalues of the pixel covariance, the convention of `auto` (docs/data.md).
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 IMAGENET_EIGVAL = [0.2175, 0.0188, 0.0045]
@@ -92,7 +93,6 @@ def compute_stats(train_dir, resize, workers=2, mode="RGB", bad_images="error", 
     Returns:
         {"mean_image": (C,R,R), "mean": (C,), "std": (C,), "eigval": (C,), "eigvec": (C,C), "num_images": int}
     """
-    from dataloader.dataloader import find_classes, list_images  # circular at import time otherwise
     classes = find_classes(train_dir)
     paths = [p for p, _ in list_images(train_dir, classes)]
     ds = _StatsImages(paths, resize, mode, skip_bad=bad_images == "skip")
@@ -129,10 +129,8 @@ def check_stats(stats, where, resize=None, channels=None):
 
 
 def save_stats(stats, path):
-    """Atomic torch.save (temp file in the same folder, then os.replace)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(stats, tmp)
-    os.replace(tmp, path)
+    """torch.save, atomically."""
+    atomic_write(path, lambda f: torch.save(stats, f))
 
 
 def load_stats(path):

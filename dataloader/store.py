@@ -6,14 +6,18 @@
 Per batch: background threads (`data.workers` batches in flight) read whole batches (one gather from the
 memory map, or the JPEG decodes of the batch) into pinned memory while the current batch trains; a batch
 goes to the device as uint8 (4x less than float; on CUDA on a side stream, one batch ahead) and is
-augmented there, batched (`dataloader.gpu_augment`: crop, flip, PCA colour shift, mean subtraction,
-channels_last). On the CPU the reading threads augment too, so the training thread only trains.
+augmented there, batched (`dataloader.augment`: crop, flip, PCA colour shift, mean subtraction,
+channels_last), by the same code as the image-folder path. On the CPU the reading threads augment too,
+so the training thread only trains.
 
-Order and sharding: the data issue's samplers (`ResumableSampler`, `ShardSampler`): the same permutation
-for the same (seed, epoch), `set_epoch(epoch, skip_batches)` for a mid-epoch resume. The augmentation of a
-batch draws from a generator seeded by the sample seed of its first image, a pure function of
-(seed, epoch, index): a resumed run draws the same crops, flips and colour shifts.
-Batches arrive augmented, so `Loaders.train_transform` / `val_transform` are None.
+Order and sharding: `dataloader.samplers` (the same permutation for the same (seed, epoch),
+`set_epoch(epoch, skip_batches)` for a mid-epoch resume). A batch's augmentation is seeded by the sample
+seed of its first image, a pure function of (seed, epoch, index): a resumed run draws the same crops,
+flips and colour shifts.
+
+JPEG stores on CUDA: the reading threads only slice each image's bytes out of the store; the whole batch
+is decoded on the GPU by nvjpeg (`JpegDecoder`, one batch ahead on the side stream). Without CUDA, or
+after the first nvjpeg error (one warning), the reading threads decode on the CPU as before.
 """
 import collections
 import json
@@ -21,14 +25,17 @@ import math
 import os
 import queue
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
+from alexnet.config import as_data_config
 from alexnet.errors import UserError
-from dataloader.dataloader import Loaders, ResumableSampler, ShardSampler, as_data_config, read_synsets
-from dataloader.gpu_augment import EvalAugment, TrainAugment
+from dataloader.augment import EvalAugment, TrainAugment
+from dataloader.images import class_labels, decode_jpeg
+from dataloader.samplers import Loaders, ResumableSampler, ShardSampler
 from dataloader.stats import check_stats, imagenet_stats, load_stats
 
 PREPARE = "make it with: python -m dataloader.prepare ROOT STORE"
@@ -67,8 +74,12 @@ class StoreSplit:
         return len(self.labels)
 
     def _decode(self, i):
-        from dataloader.prepare import decode_jpeg
         return decode_jpeg(self.data[self.offsets[i]:self.offsets[i + 1]].tobytes())
+
+    def blobs(self, indices):
+        """The encoded bytes of images `indices` of a jpeg store: [1-D uint8 CPU tensor] (copies, not views)."""
+        o = self.offsets
+        return [torch.from_numpy(np.array(self.data[o[i]:o[i + 1]])) for i in np.asarray(indices, np.int64)]
 
     def read(self, indices, out=None, pool=None):
         """Images `indices` as uint8 (B, R, R, 3), written into `out` (a (B, R, R, 3) array) when given.
@@ -92,6 +103,40 @@ class StoreSplit:
         return out
 
 
+class JpegDecoder:
+    """Decodes whole batches of JPEG bytes into uint8 (B, 3, R, R) on `device`.
+
+    On CUDA, one `torchvision.io.decode_jpeg(list, device=...)` call per batch (nvjpeg; the current
+    stream waits for it). Elsewhere, or after the first failure (a warning, once; e.g. a torchvision
+    built without nvjpeg), the CPU decode of `dataloader.images.decode_jpeg` (PIL), then a copy.
+    gpu: force the torchvision path on or off (None: on exactly when `device` is CUDA and available).
+    """
+
+    def __init__(self, device, gpu=None):
+        self.device = torch.device(device)
+        self.gpu = (self.device.type == "cuda" and torch.cuda.is_available()) if gpu is None else bool(gpu)
+
+    def __call__(self, blobs):
+        if self.gpu:
+            try:
+                return torch.stack(self._decode_torchvision(blobs))
+            except Exception as e:  # any nvjpeg or build problem: the CPU decode still works
+                self.gpu = False
+                warnings.warn(f"GPU JPEG decoding failed ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}); "
+                              "decoding JPEG stores on the CPU from now on", RuntimeWarning, stacklevel=2)
+        return self.decode_cpu(blobs).to(self.device)
+
+    def _decode_torchvision(self, blobs):
+        from torchvision.io import ImageReadMode, decode_jpeg as tv_decode_jpeg
+        return tv_decode_jpeg(blobs, mode=ImageReadMode.RGB, device=self.device)
+
+    @staticmethod
+    def decode_cpu(blobs):
+        """[1-D uint8 tensor] -> uint8 (B, 3, R, R) CPU, channels_last memory: the CPU path's pixels."""
+        nhwc = np.stack([decode_jpeg(b.numpy().tobytes()) for b in blobs])
+        return torch.from_numpy(nhwc).permute(0, 3, 1, 2)
+
+
 class StoreLoader:
     """Iterable of augmented batches `(images (B, 3, crop, crop) float, targets (B,) long)` on `device`.
 
@@ -99,17 +144,20 @@ class StoreLoader:
         split: a StoreSplit; positions: (M,) store indices the sampler's 0..M-1 stand for (skips -1 labels).
         sampler: ResumableSampler (yields (position, sample_seed)) or ShardSampler (yields positions).
         batch_size, drop_last: as a DataLoader's.
-        augment: TrainAugment or EvalAugment, called as augment(uint8 (B, 3, R, R) on device, generator).
+        augment: TrainAugment or EvalAugment, called as augment(uint8 (B, 3, R, R) on device, batch seed).
         device: where batches go; pinned memory and a side copy stream on CUDA.
         workers: decode threads (jpeg stores). prefetch: batches read ahead.
+        gpu_decode: jpeg stores on CUDA: decode whole batches with nvjpeg (`JpegDecoder`); None: when available.
     """
 
     def __init__(self, split, positions, sampler, batch_size, augment, device="cpu", drop_last=False,
-                 workers=2, prefetch=3):
+                 workers=2, prefetch=3, gpu_decode=None):
         self.dataset, self.positions, self.sampler = split, np.asarray(positions, np.int64), sampler
         self.batch_size, self.augment, self.drop_last = batch_size, augment, drop_last
         self.device = torch.device(device)
         self.workers, self.prefetch = max(1, workers), max(1, prefetch)
+        cuda_jpeg = split.format == "jpeg" and self.device.type == "cuda" and gpu_decode is not False
+        self.decoder = JpegDecoder(self.device) if cuda_jpeg else None
 
     def __len__(self):
         n = len(self.sampler)
@@ -156,15 +204,17 @@ class _StoreIterator:
         return False
 
     def _make(self, indices, seed):
-        """One host batch: read (+ on the CPU, augment). Runs in a pool thread."""
+        """One host batch: read (+ on the CPU, augment), or for nvjpeg only the JPEG bytes. Runs in a pool thread."""
         ld = self.loader
+        targets = torch.from_numpy(ld.dataset.labels[indices])
+        if ld.decoder is not None and ld.decoder.gpu:
+            return ld.dataset.blobs(indices), targets, seed             # decoded on the GPU by _stage
         buf = torch.empty((len(indices), ld.dataset.size, ld.dataset.size, 3), dtype=torch.uint8,
                           pin_memory=self.cuda)
         ld.dataset.read(indices, buf.numpy())
         images = buf.permute(0, 3, 1, 2)                                  # (B, 3, R, R), channels_last memory
-        targets = torch.from_numpy(ld.dataset.labels[indices])
         if not self.cuda:  # on the CPU these threads are "the device": augment here, off the training thread
-            images = ld.augment(images, torch.Generator().manual_seed(seed))
+            images = ld.augment(images, seed)
         return images, targets, seed
 
     def _read_all(self, plan):
@@ -198,11 +248,15 @@ class _StoreIterator:
         return item
 
     def _stage(self, item):
-        """Start the host -> device copy of one batch on the side stream (CUDA)."""
+        """Start the host -> device copy of one batch on the side stream (CUDA); a list of JPEG byte
+        tensors is decoded there by nvjpeg (or, after an nvjpeg failure, on the CPU, then copied)."""
         images, targets, seed = item
         with torch.cuda.stream(self.copy_stream):
-            return (images.to(self.loader.device, non_blocking=True),
-                    targets.to(self.loader.device, non_blocking=True), seed)
+            if isinstance(images, list):
+                images = self.loader.decoder(images)
+            else:
+                images = images.to(self.loader.device, non_blocking=True)
+            return images, targets.to(self.loader.device, non_blocking=True), seed
 
     def __iter__(self):
         return self
@@ -228,8 +282,7 @@ class _StoreIterator:
         targets.record_stream(current)
         item = self._get()
         self.staged = self._stage(item) if item is not None else _END
-        g = torch.Generator(device=self.loader.device).manual_seed(seed)
-        return self.loader.augment(images, g), targets
+        return self.loader.augment(images, seed), targets
 
     def close(self):
         self.stop.set()
@@ -261,11 +314,11 @@ def store_stats(data_cfg, store, size):
 
 
 def build_store_loaders(data_cfg, *, batch_size, seed, rank=0, world_size=1, device="cpu", eval_crops=1,
-                        in_channels=3):
-    """The train / val loaders of the prepared store at data_cfg.store (same fields as `build_loaders`).
+                        in_channels=3, channels_last=False):
+    """The train / val loaders of the prepared store at data_cfg.store.
 
-    Args as `dataloader.dataloader.build_loaders`; batch_size is PER RANK.
-    Returns Loaders whose batches are already augmented on `device` (train_transform = val_transform = None).
+    Args as `dataloader.folder.build_loaders`; batch_size is PER RANK.
+    Returns Loaders whose batches arrive augmented on `device`.
     """
     cfg = as_data_config(data_cfg)
     store = cfg.store
@@ -285,28 +338,24 @@ def build_store_loaders(data_cfg, *, batch_size, seed, rank=0, world_size=1, dev
     if len(train_pos) // world_size < batch_size:
         raise UserError(f"{len(train_pos)} training images give fewer than one batch of {batch_size} per rank "
                         f"over {world_size} ranks; lower the batch size")
-    train_aug = TrainAugment(stats, cfg.crop, random_crop=cfg.random_crop, flip=cfg.flip, pca_sigma=cfg.pca_sigma,
-                             normalize=cfg.normalize, device=device)
     sampler = ResumableSampler(len(train_pos), batch_size, seed, rank, world_size)
-    train_loader = StoreLoader(train, train_pos, sampler, batch_size, train_aug, device, True, cfg.workers)
-    val_loader = _eval_loader(val, stats, cfg, batch_size, eval_crops, rank, world_size, device)
+    train_loader = StoreLoader(train, train_pos, sampler, batch_size, TrainAugment(stats, cfg, device, channels_last),
+                               device, True, cfg.workers)
+    val_loader = _eval_loader(val, EvalAugment(stats, cfg, device, channels_last, eval_crops), batch_size, rank,
+                              world_size, device, cfg.workers)
     class_names = index["class_names"]
-    labels = class_names
-    if cfg.synset_mapping:
-        names = read_synsets(cfg.synset_mapping)
-        labels = [names.get(c, c) for c in class_names]
-    return Loaders(train_loader, val_loader, class_names, stats, sampler, labels)
+    return Loaders(train_loader, val_loader, class_names, stats, sampler, class_labels(class_names, cfg.synset_mapping))
 
 
-def _eval_loader(split, stats, cfg, batch_size, crops, rank, world_size, device):
-    """Centre-crop (crops=1) or ten-view (crops=10) loader of a store split; each image once over all ranks."""
+def _eval_loader(split, augment, batch_size, rank, world_size, device, workers):
+    """Loader of a store split for evaluation (`augment`: an EvalAugment); each image once over all ranks."""
     pos = np.flatnonzero(split.labels >= 0)
-    augment = EvalAugment(stats, cfg.crop, crops=crops, normalize=cfg.normalize, device=device)
     return StoreLoader(split, pos, ShardSampler(len(pos), rank, world_size), batch_size, augment, device, False,
-                       cfg.workers)
+                       workers)
 
 
-def build_store_eval_loader(store, stats, data_cfg, batch_size, crops=1, rank=0, world_size=1, device="cpu"):
+def build_store_eval_loader(store, stats, data_cfg, batch_size, crops=1, rank=0, world_size=1, device="cpu",
+                            channels_last=False):
     """The val split of a prepared store for evaluate.py, preprocessed with the checkpoint's stats and config.
 
     Returns (loader, class_names of the store). Batches as `build_store_loaders`' val loader.
@@ -316,5 +365,6 @@ def build_store_eval_loader(store, stats, data_cfg, batch_size, crops=1, rank=0,
     if cfg.resize != index["size"]:
         raise UserError(f"the checkpoint was trained at data.resize={cfg.resize} but the store {store} holds "
                         f"{index['size']}x{index['size']} images; prepare it with --size {cfg.resize}")
-    loader = _eval_loader(StoreSplit(store, "val"), stats, cfg, batch_size, crops, rank, world_size, device)
+    loader = _eval_loader(StoreSplit(store, "val"), EvalAugment(stats, cfg, device, channels_last, crops), batch_size,
+                          rank, world_size, device, cfg.workers)
     return loader, list(index["class_names"])

@@ -6,7 +6,7 @@ from PIL import Image
 
 from alexnet.errors import UserError
 from dataloader import imagenet_val as V
-from dataloader.dataloader import scan_root
+from dataloader.images import scan_root
 
 
 def _flat_val(tmp_path, n=4):

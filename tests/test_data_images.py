@@ -5,12 +5,12 @@ import zlib
 import numpy as np
 import pytest
 import torch
+import torchvision.transforms.functional as TF
 from PIL import Image
 
 from alexnet.errors import UserError
-from dataloader.dataloader import ImageDataset
-from dataloader.images import BadImageError, open_image
-from dataloader.transforms import to_tensor
+from dataloader.folder import ImageDataset
+from dataloader.images import BadImageError, ResizeCenterSquare, load_square, open_image, to_uint8_tensor
 
 
 def _rgb_array(h=16, w=20):
@@ -52,8 +52,12 @@ def test_odd_modes_load_as_rgb(tmp_path, kind):
         base.save(path, "PNG")
     im = open_image(path)
     assert im.mode == "RGB"
-    x = to_tensor(im)
-    assert x.shape[0] == 3 and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    x = to_uint8_tensor(im)
+    assert x.shape == (3, im.height, im.width) and x.dtype == torch.uint8
+    assert np.array_equal(x.permute(1, 2, 0).numpy(), np.asarray(im))
+    sq = load_square(path, 12)                      # the R x R square every loader starts from
+    assert sq.shape == (3, 12, 12) and sq.dtype == torch.uint8
+    assert load_square(path, 12, "L").shape == (1, 12, 12)
     if kind == "png_named_jpeg":
         assert np.array_equal(np.asarray(im), _rgb_array())  # lossless: decoded as the PNG it is
     if kind == "rgba_png":
@@ -102,30 +106,46 @@ def test_decompression_bomb_refused(tmp_path, w, h):
         open_image(_png_header_only(tmp_path / "small.png", 100, 100), max_pixels=5000)
 
 
-def _identity(im, g):
-    return to_tensor(im)
-
-
 def test_skip_bad_images_substitutes_counts_and_stops_past_limit(tmp_path):
     bad = _bad_files(tmp_path)
     good = str(tmp_path / "good.jpg")
     samples = [(good, 0), (bad[0], 1), (bad[1], 2), (good, 3), (bad[2], 4)]
     with pytest.raises(BadImageError):
-        ImageDataset(samples, _identity)[1]  # default: error
-    ds = ImageDataset(samples, _identity, bad_images="skip", max_bad=3)
-    x, y = ds[1]
+        ImageDataset(samples, 16)[1]  # default: error
+    ds = ImageDataset(samples, 16, bad_images="skip", max_bad=3)
+    x, y, seed = ds[1]
     assert y == 3 and ds.bad_count == 2  # the next readable sample, deterministic; 2 bad files met
-    assert ds[(1, 7)][1] == 3 and ds.bad_count == 2  # counted once per file
+    assert x.shape == (3, 16, 16) and x.dtype == torch.uint8 and torch.equal(x, load_square(good, 16))
+    assert ds[(1, 7)][1:] == (3, 7) and ds.bad_count == 2  # counted once per file; the sample seed passes through
     assert ds[4][1] == 0 and ds.bad_count == 3  # wraps around
-    ds = ImageDataset(samples, _identity, bad_images="skip", max_bad=1)
+    ds = ImageDataset(samples, 16, bad_images="skip", max_bad=1)
     with pytest.raises(UserError, match="max_bad_images=1"):
         ds[1]
 
 
 def test_worker_error_stays_one_line(tmp_path):
     bad = _bad_files(tmp_path)
-    ds = ImageDataset([(bad[0], 0)], _identity)
+    ds = ImageDataset([(bad[0], 0)], 16)
     loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=1)
     with pytest.raises(BadImageError) as e:
         next(iter(loader))
     assert str(e.value).startswith(f"cannot read image {bad[0]}") and "\n" not in str(e.value)
+
+
+def test_resize_center_square_sizes_and_centre(tmp_path):
+    """Sec. 2's R x R square equals torchvision's Resize + CenterCrop, pixel for pixel (moved from
+    test_data_transforms.py: ResizeCenterSquare now lives in dataloader/images.py)."""
+    im = Image.new("RGB", (100, 50))
+    im.paste((255, 0, 0), (0, 0, 25, 50))  # red left quarter: cut off by the centre square
+    im.paste((0, 90, 200), (60, 10, 80, 30))
+    out = ResizeCenterSquare(40)(im)
+    assert out.size == (40, 40)
+    assert out.getpixel((3, 20)) == (0, 0, 0)
+    ref = TF.center_crop(TF.resize(im, 40, interpolation=TF.InterpolationMode.BILINEAR), 40)
+    assert out.tobytes() == ref.tobytes()  # same as torchvision's Resize + CenterCrop
+    assert ResizeCenterSquare(40)(Image.new("RGB", (30, 90))).size == (40, 40)
+    # load_square: the same square from a file, as uint8 (C, R, R)
+    Image.fromarray(_rgb_array(37, 61)).save(tmp_path / "odd.png")
+    ref = TF.center_crop(TF.resize(Image.open(tmp_path / "odd.png"), 24), 24)
+    sq = load_square(str(tmp_path / "odd.png"), 24)
+    assert sq.shape == (3, 24, 24) and np.array_equal(sq.permute(1, 2, 0).numpy(), np.asarray(ref))

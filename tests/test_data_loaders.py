@@ -7,8 +7,9 @@ import torch
 
 from alexnet.errors import UserError
 from conftest import DEMO_CLASSES, DEMO_TRAIN_PER_CLASS, DEMO_VAL_PER_CLASS, tiny_data_cfg
-from dataloader.dataloader import (ResumableSampler, ShardSampler, build_eval_loader, build_loaders,
-                                   read_synsets, sample_seed, scan_root)
+from dataloader.folder import ImageDataset, build_eval_loader, build_loaders
+from dataloader.images import read_synsets, scan_root
+from dataloader.samplers import ResumableSampler, ShardSampler, sample_seed
 from dataloader.demo import make_demo
 from dataloader.stats import load_stats
 
@@ -152,12 +153,14 @@ def test_hidden_and_non_image_entries_ignored(tmp_path, demo_root):
 
 def test_demo_generated_when_root_missing(tmp_path, monkeypatch):
     import dataloader.demo
+    import dataloader.folder
     calls = []
 
     def small_demo(root, seed=0):
         calls.append(root)
         return make_demo(root, seed, num_classes=3, train_per_class=4, val_per_class=2, size=40)
     monkeypatch.setattr(dataloader.demo, "make_demo", small_demo)
+    monkeypatch.setattr(dataloader.folder, "make_demo", small_demo, raising=False)   # where folder.py imports it
     cfg = tiny_data_cfg(tmp_path / "demo", demo=True, resize=40, crop=32)
     L = build_loaders(cfg, batch_size=4, seed=0)
     assert calls == [str(tmp_path / "demo")] and L.class_names == ["circle", "ring", "square"]
@@ -171,6 +174,9 @@ def test_eval_loader_maps_checkpoint_classes(tmp_path, demo_root):
     loader, names = build_eval_loader(demo_root, None, stats, cfg, batch_size=4, crops=10)
     x, y = next(iter(loader))
     assert x.shape == (4, 10, 3, 40, 40) and names == sorted(os.listdir(os.path.join(demo_root, "val")))
+    assert isinstance(loader.dataset, ImageDataset) and len(loader.dataset) == len(loader.dataset.samples) == 40
+    square, target, _ = loader.dataset[0]                   # the workers' part: the uint8 R x R square
+    assert square.shape == (3, 48, 48) and square.dtype == torch.uint8 and target == y[0]
     ckpt_names = list(reversed(names)) + ["extra"]
     loader2, names2 = build_eval_loader(os.path.join(demo_root, "val"), ckpt_names, stats, cfg, batch_size=4)
     y2 = torch.cat([t for _, t in loader2])

@@ -27,8 +27,7 @@ def test_stats_match_numpy(tmp_path):
     train = _random_set(tmp_path, [(24, 24), (30, 24), (24, 40), (24, 24), (50, 24)])
     st = S.compute_stats(str(train), resize=24, workers=0, progress=False)
     # numpy reference on the same R x R images (the resize is tested elsewhere)
-    from dataloader.dataloader import find_classes, list_images
-    from dataloader.transforms import ResizeCenterSquare
+    from dataloader.images import ResizeCenterSquare, find_classes, list_images
     paths = [p for p, _ in list_images(str(train), find_classes(str(train)))]
     imgs = np.stack([np.asarray(ResizeCenterSquare(24)(Image.open(p).convert("RGB")), np.float64) / 255
                      for p in paths])  # (N, R, R, 3)

@@ -1,5 +1,7 @@
-"""Two CPU processes under torchrun (gloo): run directory written by rank 0 only, and 2 ranks x batch B/2
-reach the same weights as 1 rank x batch B (DDP averages gradients) on a deterministic configuration."""
+"""Two CPU processes under torchrun (gloo): run directory written by rank 0 only, 2 ranks x batch B/2
+reach the same weights as 1 rank x batch B (DDP averages gradients) on a deterministic configuration, and
+the validation metrics a 2-rank run logs are those of all val images (sums over ranks), with the paper's
+augmentation and dropout on."""
 import json
 import os
 import subprocess
@@ -8,6 +10,7 @@ import sys
 import pytest
 import torch
 
+import evaluate as evaluate_script
 import train
 from alexnet.distributed import per_rank_batch
 from alexnet.errors import UserError
@@ -24,15 +27,18 @@ def deterministic_args(data, out):
             "data.pca_sigma=0", "train.log_images=false"]
 
 
+def torchrun2(args):
+    env = dict(os.environ, OMP_NUM_THREADS="1", ALEXNET_DIST_TIMEOUT_MIN="2")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *args]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 @pytest.fixture(scope="module")
 def two_ranks(demo_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    env = dict(os.environ, OMP_NUM_THREADS="1", ALEXNET_DIST_TIMEOUT_MIN="2")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
-           *deterministic_args(demo_root, out)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, proc
+    return out, torchrun2(deterministic_args(demo_root, out))
 
 
 def test_torchrun_two_processes_rank0_writes_the_run_dir(two_ranks):
@@ -60,6 +66,26 @@ def test_two_ranks_half_batch_equal_one_rank_full_batch(two_ranks, demo_root, tm
     init = build_model(torch.load(out / "last.pt", weights_only=True)["config"]["model"]).state_dict()
     moved = max((one[k] - init[k]).abs().max().item() for k in one)
     assert moved > 20 * max(gap, 1e-6)                   # the 3 steps moved the weights far beyond the gap
+
+
+def test_two_ranks_log_the_val_metrics_of_every_val_image(demo_root, tmp_path):
+    """Random crops, flips, PCA and dropout on: the val loss / top-1 / top-5 a 2-rank run logs equal a
+    1-process `evaluate.py --crops 1` of its checkpoint (each rank sees half the val images; the sums are
+    all-reduced, not rank 0's half)."""
+    out = tmp_path / "run"
+    torchrun2(["--data", demo_root, "--out", str(out), "--epochs", "1", "--batch-size", "40", "--num_classes", "10",
+               "--device", "cpu", "model.overlap_pool=false", "model.init=kaiming", "data.resize=48", "data.crop=40",
+               "data.workers=0", "train.log_images=false"])
+    ckpt = torch.load(out / "last.pt", weights_only=True)["config"]
+    assert ckpt["model"]["dropout"] == 0.5 and ckpt["data"]["pca_sigma"] == 0.1
+    assert ckpt["data"]["random_crop"] and ckpt["data"]["flip"]
+    (logged,) = [json.loads(x) for x in open(out / "metrics.jsonl")]
+    assert evaluate_script.main(["--checkpoint", str(out / "last.pt"), "--data", demo_root, "--crops", "1",
+                                 "--device", "cpu", "--json", str(tmp_path / "eval.json")]) == 0
+    result = json.load(open(tmp_path / "eval.json"))
+    assert result["images"] == 40
+    assert (result["top1"], result["top5"]) == (logged["val_top1"], logged["val_top5"])
+    assert result["loss"] == pytest.approx(logged["val_loss"], rel=1e-5)
 
 
 def test_global_batch_must_divide_by_world_size():

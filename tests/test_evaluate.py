@@ -12,7 +12,8 @@ import torchvision.transforms as T
 from torch.utils.data import DataLoader, TensorDataset
 
 import evaluate as evaluate_script
-from alexnet.engine import evaluate
+from alexnet.config import DataConfig
+from alexnet.engine import Amp, evaluate
 from alexnet.errors import UserError, run_main
 from alexnet.metrics import topk_correct
 
@@ -65,7 +66,7 @@ def test_evaluate_batches_not_dividing_the_dataset(batch_size):
     target = torch.randint(0, k, (n,))
     target[5:9] = 3
     loader = DataLoader(TensorDataset(logits[:, :, None, None], target), batch_size=batch_size)
-    out = evaluate(_Passthrough(), loader, torch.device("cpu"))
+    out = evaluate(_Passthrough(), loader, Amp("none", "cpu"))
     c1, c5 = topk_correct(logits, target, ks=(1, 5))
     assert out["n"] == n
     assert out["top1"] == pytest.approx(100.0 * c1 / n, abs=1e-9)
@@ -78,21 +79,27 @@ def test_evaluate_batches_not_dividing_the_dataset(batch_size):
 # ---------------------------------------------------------------------------------------------------
 
 def test_ten_crop_averages_softmax_like_torchvision_tencrop():
-    from dataloader.transforms import TenCrop
+    import dataclasses
+
+    from dataloader.augment import EvalAugment
 
     torch.manual_seed(0)
     n, size, crop, k = 7, 12, 8, 5
-    images = torch.rand(n, 3, size, size)
+    squares = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8)
+    images = squares.float() / 255
     target = torch.randint(0, k, (n,))
     # A linear model over the whole crop: its output depends on where the crop is and on the flip.
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * crop * crop, k))
     with torch.no_grad():
         model[1].weight.mul_(20)  # spread the logits so the views really disagree
 
-    views = torch.stack([TenCrop(crop)(img) for img in images])  # (N, 10, 3, crop, crop): the project's views
+    # the project's ten views, with statistics that change nothing (zero mean image): pixels / 255
+    zero = {"mean_image": torch.zeros(3, size, size), "mean": torch.zeros(3), "std": torch.ones(3)}
+    data_cfg = dataclasses.replace(DataConfig(), resize=size, crop=crop)
+    views = EvalAugment(zero, data_cfg, crops=10)(squares)  # (N, 10, 3, crop, crop)
     assert views.shape == (n, 10, 3, crop, crop)
     loader = DataLoader(TensorDataset(views, target), batch_size=3)  # 3 does not divide 7
-    out = evaluate(model, loader, torch.device("cpu"))
+    out = evaluate(model, loader, Amp("none", "cpu"))
 
     with torch.no_grad():  # direct computation with torchvision's TenCrop and a hand-written average
         tv = torch.stack([torch.stack(T.TenCrop(crop)(img)) for img in images])  # (N, 10, 3, crop, crop)
@@ -103,6 +110,33 @@ def test_ten_crop_averages_softmax_like_torchvision_tencrop():
     assert out["loss"] == pytest.approx(-probs[torch.arange(n), target].log().mean().item(), rel=1e-5)
     assert out["top1"] == pytest.approx(100.0 * (probs.argmax(1) == target).sum().item() / n)
     assert out["top5"] == pytest.approx(100.0 * topk_correct(probs, target, ks=(5,))[0] / n)
+
+
+class _Const(torch.nn.Module):
+    """Returns the same logits (K,) for every input image."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = torch.tensor(logits)
+
+    def forward(self, x):
+        return self.logits.expand(x.shape[0], -1)
+
+
+def test_ensemble_averages_the_members_probabilities_not_their_logits():
+    """Sec. 6: "averaging the predictions": member A is sure of class 0, member B prefers class 1. Their
+    mean softmax picks class 0; a softmax of the mean logits (-1, 0.5, 0) would pick class 1."""
+    from alexnet.engine import SoftmaxEnsemble
+
+    a, b = _Const([4.0, 0.0, 0.0]), _Const([-6.0, 1.0, 0.0])
+    x = torch.zeros(2, 3, 8, 8)
+    mean_probs = (a(x).softmax(1) + b(x).softmax(1)) / 2
+    ensemble = SoftmaxEnsemble([a, b])
+    torch.testing.assert_close(ensemble(x).softmax(1), mean_probs, rtol=0, atol=1e-6)
+    assert ensemble(x).argmax(1).tolist() == [0, 0]
+    out = evaluate(ensemble, [(x, torch.tensor([0, 1]))], Amp("none", "cpu"))
+    assert out["top1"] == 50.0
+    assert out["loss"] == pytest.approx(-(mean_probs[0, 0].log() + mean_probs[1, 1].log()).item() / 2, rel=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -147,9 +181,20 @@ def test_evaluate_script_matches_the_logged_val_top1(trained_run, tmp_path, caps
     assert result["top1_error"] == pytest.approx(100 - row["val_top1"])
     printed = capsys.readouterr().out
     assert "40 images" in printed and f"top-1 accuracy {row['val_top1']:.3f} %" in printed
-    # --data may also name the split folder itself
-    assert evaluate_script.split_dir(root) == os.path.join(root, "val")
-    assert evaluate_script.split_dir(os.path.join(root, "train")) == os.path.join(root, "train")
+    # --data may also name the split folder itself: the same images, the same result
+    split_out = tmp_path / "eval_split.json"
+    assert evaluate_script.main(["--checkpoint", str(run / "best.pt"), "--data", os.path.join(root, "val"),
+                                 "--crops", "1", "--batch-size", str(TRAIN_BATCH), "--device", "cpu",
+                                 "--json", str(split_out)]) == 0
+    split_result = json.loads(split_out.read_text())
+    assert (split_result["images"], split_result["top1"], split_result["top5"], split_result["loss"]) == \
+           (result["images"], result["top1"], result["top5"], result["loss"])
+    # ... and the train split folder is read as such (120 images), not as a ROOT
+    train_out = tmp_path / "eval_train.json"
+    assert evaluate_script.main(["--checkpoint", str(run / "best.pt"), "--data", os.path.join(root, "train"),
+                                 "--crops", "1", "--batch-size", str(TRAIN_BATCH), "--device", "cpu",
+                                 "--json", str(train_out)]) == 0
+    assert json.loads(train_out.read_text())["images"] == 120
 
 
 def test_evaluate_script_on_a_prepared_store_equals_the_image_folder(trained_run, tmp_path):
@@ -202,7 +247,7 @@ def test_torchvision_weights_use_torchvision_preprocessing(demo_root, tmp_path):
         shutil.copytree(os.path.join(demo_root, "val", name), split / name)
     out = tmp_path / "eval.json"
     assert evaluate_script.main(["--torchvision-weights", str(weights), "--data", str(split), "--device", "cpu",
-                                 "--batch-size", "5", "--json", str(out)]) == 0
+                                 "--crops", "1", "--batch-size", "5", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
 
     tf = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(),

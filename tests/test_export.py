@@ -5,7 +5,7 @@ import torch
 
 import export
 from alexnet import AlexNet
-from alexnet.checkpoint import load_checkpoint, model_from_checkpoint
+from alexnet.checkpoint import load_checkpoint, load_for_inference, model_from_checkpoint
 from dataloader.demo import CLASSES
 from test_evaluate import trained_run  # noqa: F401  (the session's tiny train.py run)
 
@@ -33,6 +33,8 @@ def test_export_cli_writes_a_loadable_program_with_metadata(trained_run, tmp_pat
     ckpt = load_checkpoint(run / "best.pt")
     assert meta["class_names"] == sorted(CLASSES) and meta["crop"] == 64
     assert meta["normalize"] == ckpt["config"]["data"]["normalize"]   # the preprocessing the run trained with
+    assert meta["pixel_scale"] == ckpt["config"]["data"]["pixel_scale"] == 1.0
+    assert meta == export.checkpoint_meta(load_for_inference(run / "best.pt"))
     model = model_from_checkpoint(ckpt).eval()
     x = torch.randn(3, 3, 64, 64)
     with torch.no_grad():

@@ -29,6 +29,9 @@ def test_hub_loads_checkpoint_weights(trained_run):  # noqa: F811
     model = torch.hub.load(REPO, "alexnet", source="local", checkpoint=path).eval()
     trained = model_from_checkpoint(load_checkpoint(path)).eval()
     assert model.class_names == sorted(CLASSES)  # sorted folder names
+    data = load_checkpoint(path)["config"]["data"]
+    assert {k: model.preprocessing[k] for k in ("resize", "crop", "normalize", "pixel_scale")} == \
+           {k: data[k] for k in ("resize", "crop", "normalize", "pixel_scale")}
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(model(x), trained(x))

@@ -107,3 +107,21 @@ def test_paper_alpha_is_not_divided_by_size():
     x = torch.full((1, 5, 1, 1), 10.0)                 # centre channel: S = 5 * 100 = 500
     y = LocalResponseNorm(5, 1e-4, 0.75, 2.0)(x)
     assert y[0, 2, 0, 0].item() == pytest.approx(10.0 / (2.0 + 1e-4 * 500) ** 0.75, rel=1e-6)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_torch_compile_traces_it_whole_and_matches_eager(channels_last):
+    # The custom autograd.Function is traced by Dynamo (forward and the once_differentiable backward):
+    # fullgraph=True raises on any graph break. backend="aot_eager" runs the same Dynamo + AOTAutograd
+    # capture as inductor without generating C++ (seconds instead of a minute on 2 cores);
+    # benchmarks/gpu_report.py compiles it with inductor and times it.
+    torch._dynamo.reset()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = post_relu(2, 10, 5, 4, scale=20.0).float().contiguous(memory_format=fmt)
+    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(7)).contiguous(memory_format=fmt)
+    explain = torch._dynamo.explain(LocalResponseNorm())(x.clone().requires_grad_())
+    assert (explain.graph_count, explain.graph_break_count) == (1, 0)
+    compiled = torch.compile(LocalResponseNorm(), fullgraph=True, backend="aot_eager")
+    y, g = fwd_bwd(compiled, x, grad)
+    y_ref, g_ref = fwd_bwd(LocalResponseNorm(), x, grad)
+    assert rel_err(y, y_ref) < 1e-5 and rel_err(g, g_ref) < 1e-5

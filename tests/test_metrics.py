@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from alexnet.engine import evaluate
+from alexnet.engine import Amp, evaluate
 from alexnet.metrics import EpochTotals, topk_correct
 
 
@@ -27,7 +27,8 @@ def test_epoch_totals():
     assert math.isnan(t.loss)
     t.add(6.0, 2, 3, 4)
     t.add(2.0, 1, 1, 4)
-    assert (t.loss, t.top1, t.top5, t.n) == (1.0, 37.5, 50.0, 8)
+    assert (t.loss, t.top1, t.top5, t.n, t.batches) == (1.0, 37.5, 50.0, 8, 2)   # batches: one per add()
+    assert t.state_dict()["batches"] == 2
     assert EpochTotals(**t.state_dict()).state_dict() == t.state_dict()
 
 
@@ -51,11 +52,11 @@ def test_evaluate_ten_crop_averages_softmax():
     logits[10:, 2] = 3.0
     images = torch.arange(20.0).view(2, 10, 1, 1, 1).expand(2, 10, 1, 2, 2).clone()
     targets = torch.tensor([0, 1])
-    out = evaluate(_Fixed(logits), [(images, targets)], torch.device("cpu"))
+    out = evaluate(_Fixed(logits), [(images, targets)], Amp("none", "cpu"))
     probs = logits.softmax(1).view(2, 10, 3).mean(1)
     expected_loss = -(probs[0, 0].log() + probs[1, 1].log()).item() / 2
     assert out["n"] == 2 and out["top1"] == 50.0 and out["top5"] == 100.0
     assert abs(out["loss"] - expected_loss) < 1e-5
-    single = evaluate(_Fixed(logits), [(images[:, 0], targets)], torch.device("cpu"))   # (B, C, H, W) path
+    single = evaluate(_Fixed(logits), [(images[:, 0], targets)], Amp("none", "cpu"))   # (B, C, H, W) path
     assert single["top1"] == 50.0
     assert abs(single["loss"] - torch.nn.functional.cross_entropy(logits[[0, 10]], targets).item()) < 1e-5

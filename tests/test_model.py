@@ -173,6 +173,8 @@ def test_minimum_image_size(small):
             no_overlap(torch.randn(1, 3, 34, 34))
         with pytest.raises(UserError, match="in_channels"):
             paper(torch.randn(1, 1, 64, 64))
+        with pytest.raises(ValueError, match="at least 63"):      # InputShapeError: also a ValueError
+            paper(torch.randn(1, 3, 62, 62))
 
 
 def test_forward_features_is_fc7_after_relu(small):

@@ -10,10 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from alexnet.engine import evaluate
+from alexnet.engine import Amp, evaluate
 from alexnet.errors import UserError
 from conftest import DEMO_CLASSES, DEMO_SIZE, DEMO_TRAIN_PER_CLASS, DEMO_VAL_PER_CLASS, tiny_data_cfg
-from dataloader.dataloader import build_loaders, scan_root
+from dataloader.folder import build_loaders
+from dataloader.images import scan_root
 from dataloader.demo import make_demo
 from dataloader.prepare import load_resized, prepare, verify_store
 from dataloader.stats import compute_stats
@@ -105,7 +106,7 @@ def test_unreadable_source_file_error_or_skip(tmp_path):
         f.write(b"not a jpeg")
     with pytest.raises(UserError, match=os.path.basename(bad)):
         prepare(root, str(tmp_path / "err"), workers=0, size=32, progress=False)
-    index = prepare(root, str(tmp_path / "skip"), workers=0, size=32, bad_images="skip", progress=False)
+    index = prepare(root, str(tmp_path / "skip"), workers=0, size=32, skip_bad=100, progress=False)
     assert index["num_images"]["train"] == 7 and index["skipped"]["train"] == 1
     labels = np.load(str(tmp_path / "skip" / "train_labels.npy"))
     assert labels.tolist() == [0, 0, 0, 0, 1, -1, 1, 1]
@@ -160,8 +161,8 @@ def test_val_inputs_and_metrics_equal_the_image_folder_path(store, demo_root, cr
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 5, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
                           nn.Linear(32, DEMO_CLASSES))
-    dev = torch.device("cpu")
-    got, want = evaluate(model, ours.val, dev), evaluate(model, ref.val, dev)
+    amp = Amp("none", "cpu")
+    got, want = evaluate(model, ours.val, amp), evaluate(model, ref.val, amp)
     # Same pixels (above); the store's centre crops are channels_last, whose convolution sums in another
     # order: counts are exact, the loss equal to float rounding.
     assert (got["n"], got["top1"], got["top5"]) == (want["n"], want["top1"], want["top5"])

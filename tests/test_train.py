@@ -34,19 +34,24 @@ def assert_same_weights(a, b):
         assert torch.equal(wa[k], wb[k]), k
 
 
+def written(out):
+    """The files a run wrote to `out`, without the run directory's writer lock (OUT/.lock, alexnet.tracking)."""
+    return sorted(n for n in os.listdir(out) if n != ".lock")
+
+
 def stop_at(monkeypatch, epoch, batch, copy_to=None, signum=signal.SIGTERM):
     """Wrap train_one_epoch so that after (epoch, batch) the process signals itself (or copies last.pt)."""
     original = train.train_one_epoch
 
-    def wrapped(*args, on_step, **kw):
-        def hook(batches, totals, images):
-            on_step(batches, totals, images)
-            if kw["epoch"] == epoch and batches == batch:
+    def wrapped(model, loader, optimizer, amp, ep, *, on_step, **kw):
+        def hook(totals, images):
+            on_step(totals, images)
+            if ep == epoch and totals.batches == batch:      # totals.batches: batches done in the epoch
                 if copy_to:
                     shutil.copy(os.path.join(os.path.dirname(copy_to), "last.pt"), copy_to)
                 else:
                     os.kill(os.getpid(), signum)
-        return original(*args, on_step=hook, **kw)
+        return original(model, loader, optimizer, amp, ep, on_step=hook, **kw)
 
     monkeypatch.setattr(train, "train_one_epoch", wrapped)
 
@@ -103,6 +108,12 @@ def test_resume_mid_epoch_from_periodic_save_is_exact(straight, demo_root, tmp_p
     args = tiny_args(demo_root, tmp_path, "--resume", str(straight / "mid.pt"))
     assert train.main(args) == 0
     assert_same_weights(straight / "last.pt", tmp_path / "last.pt")
+    # the interrupted epoch's logged train metrics include the batch done before the save (running totals)
+    resumed = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
+    full = [json.loads(x) for x in open(straight / "metrics.jsonl")]
+    assert [r["epoch"] for r in resumed] == [2]
+    for key in ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr"):
+        assert resumed[0][key] == full[1][key], key
 
 
 def test_sigterm_saves_and_resume_is_exact(straight, demo_root, tmp_path, monkeypatch, capsys):
@@ -148,14 +159,14 @@ def test_bad_resume_is_one_line_error_and_overwrites_nothing(straight, demo_root
         (tmp_path / "last.pt").write_bytes(content)
         with pytest.raises(UserError, match="empty|truncated"):
             train.main(tiny_args(demo_root, tmp_path, "--resume", "auto"))
-        assert (tmp_path / "last.pt").read_bytes() == content and os.listdir(tmp_path) == ["last.pt"]
+        assert (tmp_path / "last.pt").read_bytes() == content and written(tmp_path) == ["last.pt"]
     with pytest.raises(UserError, match="does not exist"):
         train.main(tiny_args(demo_root, tmp_path, "--resume", str(tmp_path / "nope.pt")))
     other = tmp_path / "other"                                   # another layout: names the layer and shapes
     with pytest.raises(UserError, match=r"features.conv1.weight: checkpoint has shape \(96, 3, 11, 11\), "
                                         r"model has \(64, 3, 11, 11\)"):
         train.main(tiny_args(demo_root, other, "--resume", str(straight / "last.pt"), "model.variant=owt"))
-    assert not os.path.exists(other)
+    assert not os.path.exists(other) or written(other) == []
 
 
 def test_sigint_subprocess_exits_130_with_resume_hint(demo_root, tmp_path):

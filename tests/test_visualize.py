@@ -1,13 +1,15 @@
 """visualize.py writes each figure as a PNG of the expected size; the figure helpers compute what they claim."""
 import os
 
+import types
+
 import numpy as np
 import torch
+import torchvision.transforms.functional as TF
 from PIL import Image
 
+import figures
 import visualize
-from alexnet import figures
-from dataloader.transforms import Normalize
 from test_evaluate import trained_run  # noqa: F401  (the session's tiny train.py run)
 
 
@@ -21,7 +23,7 @@ def test_visualize_all_writes_each_figure(trained_run, tmp_path):  # noqa: F811
     out = tmp_path / "figs"
     assert visualize.main(["all", "--checkpoint", str(run / "best.pt"), "--data", root, "--out", str(out),
                            "--device", "cpu", "--max-train", "40"]) == 0
-    # Expected sizes from the layout constants in alexnet/figures.py:
+    # Expected sizes from the layout constants in figures.py:
     # kernels: 96 kernels in 2 groups of 3 rows x 16 tiles of 11*4 px + 2 px borders, 12 px gap
     kernels = _png(out / "fig3_conv1_kernels.png")
     assert kernels.shape == (2 * (3 * 46 + 2) + 12, 16 * 46 + 2, 3)
@@ -46,10 +48,23 @@ def test_nearest_neighbours_and_confusion_matrix_by_hand():
     assert figures.confusion_matrix(preds, targets, 3).tolist() == [[1, 0, 1], [0, 1, 0], [0, 1, 2]]
 
 
-def test_denormalize_inverts_the_data_normalisation():
-    torch.manual_seed(0)
-    stats = {"mean_image": torch.rand(3, 12, 12), "mean": torch.rand(3), "std": torch.rand(3) + 0.5}
-    pixels = torch.rand(3, 12, 12)
-    for mode in ("mean_image", "channel"):
-        x = Normalize(stats, mode)(pixels)[:, 2:10, 2:10]  # the centre 8x8 view, as the eval transform cuts it
-        torch.testing.assert_close(figures.denormalize(x, stats, mode), pixels[:, 2:10, 2:10])
+def test_displayed_images_are_the_centre_crops_in_0_1(trained_run):  # noqa: F811
+    """visualize shows each image as its uint8 centre crop / 255 (it no longer undoes the normalisation):
+    run() returns (probs, targets, images) with images the [0, 1] centre crops of the dataset's squares."""
+    run, root = trained_run
+    args = types.SimpleNamespace(checkpoint=str(run / "best.pt"), data=root, device="cpu", crops=1, batch_size=2)
+    ctx = visualize.Context(args)
+    ctx.cfg.data.resize = 72           # squares larger than the 64 px crop, so the centre crop is a real cut
+    ds = ctx.dataset("val")
+    indices = [0, 7, 21, 39]
+    probs, targets, images = visualize.run(ctx, ds, indices)
+    crop = ctx.cfg.data.crop
+    assert images.shape == (4, 3, crop, crop) and images.dtype == torch.float32
+    assert 0 <= images.min() and images.max() <= 1
+    for k, i in enumerate(indices):
+        square, target, _ = ds[i]
+        assert square.shape == (3, 72, 72) and int(targets[k]) == target
+        assert torch.equal(images[k], TF.center_crop(square, crop).float() / 255)
+    assert not torch.equal(images[0], TF.resize(ds[0][0], crop).float() / 255)    # cut, not resized
+    assert probs.shape == (4, len(ctx.class_names))
+    torch.testing.assert_close(probs.sum(1), torch.ones(4))

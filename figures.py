@@ -53,26 +53,6 @@ def to_pil(x, size=None):
     return img
 
 
-def denormalize(x, stats, mode):
-    """Undo the data pipeline's normalisation for display: (..., C, H, W) normalised -> [0, 1] pixels.
-
-    Args:
-        x: normalised images, (C,H,W) or (N,C,H,W).
-        stats: the data stats dict (`mean_image` (C,R,R), `mean` (C,), `std` (C,)).
-        mode: "mean_image" (the paper: x = pixels - centre crop of the mean image) or "channel"
-            (x = (pixels - mean) / std).
-    """
-    x = x.detach().float().cpu()
-    if mode == "channel":
-        mean = torch.as_tensor(stats["mean"], dtype=torch.float32).view(-1, 1, 1)
-        std = torch.as_tensor(stats["std"], dtype=torch.float32).view(-1, 1, 1)
-        return (x * std + mean).clamp(0, 1)
-    mean_image = torch.as_tensor(stats["mean_image"], dtype=torch.float32)
-    h, w = x.shape[-2:]
-    top, left = (mean_image.shape[-2] - h) // 2, (mean_image.shape[-1] - w) // 2
-    return (x + mean_image[..., top:top + h, left:left + w]).clamp(0, 1)
-
-
 # ---------------------------------------------------------------------------------------------------
 # Figure 3: conv1 kernels
 # ---------------------------------------------------------------------------------------------------
