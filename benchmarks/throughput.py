@@ -43,6 +43,7 @@ from alexnet.errors import UserError, run_main  # noqa: E402
 from alexnet.model import AlexNet  # noqa: E402
 from dataloader.folder import build_loaders  # noqa: E402
 from dataloader.prepare import prepare  # noqa: E402
+from dataloader.stats import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from dataloader.store import build_store_loaders  # noqa: E402
 
 
@@ -172,7 +173,7 @@ def reference_loader(root, batch_size, workers, device):
     import torchvision
     from torchvision import transforms as T
     tf = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(),
-                    T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+                    T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     ds = torchvision.datasets.ImageFolder(os.path.join(root, "train"), tf)
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers,
                                        drop_last=True, pin_memory=device.type == "cuda",

@@ -65,7 +65,7 @@ MUTATIONS = {
         "dataloader/store.py", "images = ld.augment(images, seed)", "images = ld.augment(images, 0)",
         ["tests/test_seeds.py::test_store_loader_new_augmentation_every_batch_and_epoch"]),
     "folder-one-seed-for-every-batch": (
-        "dataloader/folder.py", "yield self.augment(images, int(seeds[0])), targets", "yield self.augment(images, 0), targets",
+        "dataloader/folder.py", "return self.augment(images, int(seeds[0])), targets", "return self.augment(images, 0), targets",
         ["tests/test_seeds.py::test_folder_loader_new_augmentation_every_batch_and_epoch"]),
     "mean-image-centre-for-every-crop": (
         "dataloader/augment.py", "        r = self.mean_image.shape[-1]\n",
