@@ -45,10 +45,11 @@ def run(ctx, dataset, indices, features=False):
     features (N, 4096) of the centre crop), targets (N,), centre crops as [0, 1] pixels (N, C, crop, crop)."""
     crop = ctx.cfg.data.crop
     augment = EvalAugment(ctx.stats, ctx.cfg.data, ctx.device, crops=1 if features else ctx.args.crops)
+    amp = Amp("none", ctx.device)
     outs, targets, images = [], [], []
     for squares, y, _ in DataLoader(Subset(dataset, indices), batch_size=ctx.args.batch_size):
         views = augment(squares.to(ctx.device))                       # (B, C, h, w) or (B, 10, C, h, w)
-        out = ctx.model.forward_features(views) if features else predict_proba(ctx.model, views, Amp("none", ctx.device))
+        out = ctx.model.forward_features(views) if features else predict_proba(ctx.model, views, amp)
         o = center_offset(squares.shape[-1], crop)
         outs.append(out.float().cpu())
         targets.append(y)
