@@ -86,12 +86,14 @@ def resume_checkpoint(cfg):
 
 class Session:
     """What the steps of one training run share, and the two things done between steps: `after_step`
-    (TensorBoard scalars, mid-epoch checkpoints, input images) and `end_epoch` (validate, schedule, log,
-    save, print)."""
+    (TensorBoard scalars, mid-epoch checkpoints, input images; called every `sync_every` steps and at the
+    epoch's end) and `end_epoch` (validate, schedule, log, save, print)."""
 
     def __init__(self, cfg, info, state, loaders, amp, stop):
         self.cfg, self.info, self.state, self.loaders, self.amp, self.stop = cfg, info, state, loaders, amp, stop
         self.steps_per_epoch, self.epoch = len(loaders.train), state.epoch
+        # after_step needs the totals at these steps only; between them the host does not wait for the GPU
+        self.sync_every = math.gcd(cfg.train.log_every_steps, cfg.train.save_every_steps)
         out = cfg.train.out
         self.last, self.best_path = os.path.join(out, "last.pt"), os.path.join(out, "best.pt")
         step = state.epoch * self.steps_per_epoch + state.batch
@@ -194,7 +196,7 @@ def train(cfg, info, device, stop):
         start = time.perf_counter()
         totals, stopped = train_one_epoch(train_model, loaders.train, optimizer, amp, epoch, lr_at=schedule.lr_at,
                                           totals=state.take_totals(), on_step=run.after_step, stop=stop,
-                                          progress=info.is_main and sys.stderr.isatty())
+                                          sync_every=run.sync_every, progress=info.is_main and sys.stderr.isatty())
         if stopped:
             state.save(run.last, epoch, run.step(totals.batches), totals, info.is_main)
             return run.stopped(f"at step {run.step(totals.batches)} (epoch {epoch + 1}, batch {totals.batches})")

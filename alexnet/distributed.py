@@ -40,7 +40,9 @@ class DistInfo:
 def resolve_device(name, local_rank=0):
     """"auto" | "cpu" | "cuda" -> torch.device; under torchrun each rank takes GPU LOCAL_RANK.
 
-    On the CPU it also tunes glibc's allocator for large short-lived tensors (`alexnet.cpu`).
+    On the CPU it also tunes glibc's allocator for large short-lived tensors (`alexnet.cpu`); on CUDA it lets
+    cuDNN time its convolution algorithms once per shape and keep the fastest (the shapes never change),
+    unless torch.backends.cudnn.deterministic asks for reproducible kernels.
     """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -51,6 +53,7 @@ def resolve_device(name, local_rank=0):
             raise UserError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPUs; "
                             "lower --nproc_per_node")
         torch.cuda.set_device(local_rank)
+        torch.backends.cudnn.benchmark = not torch.backends.cudnn.deterministic
         return torch.device("cuda", local_rank)
     tune_allocator()
     return torch.device("cpu")

@@ -5,16 +5,15 @@ One code path for CPU and CUDA: autocast and GradScaler are always used and simp
 nothing (CPU without amp), so there is no separate "fast" branch to drift apart. Loaders deliver ready
 batches on the device (`dataloader.folder`, `dataloader.store`), so the loops only train and count.
 """
-import math
 import signal
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from alexnet.distributed import all_reduce_max
+from alexnet.distributed import all_reduce_max, is_initialized
 from alexnet.errors import UserError
-from alexnet.metrics import EpochTotals, topk_correct
+from alexnet.metrics import EpochTotals
 from alexnet.schedule import set_lr
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -99,7 +98,8 @@ def build_optimizer(model, optim_cfg):
 
 
 class StopRequest:
-    """Turns SIGINT / SIGTERM into a flag checked after each step (stop at a step boundary, then save).
+    """Turns SIGINT / SIGTERM into a flag checked after each step (stop at a step boundary, then save; under
+    torch.distributed at the next step that reads the totals back, where the ranks agree on it).
 
     A second Ctrl-C while stopping raises KeyboardInterrupt as usual.
     """
@@ -134,24 +134,30 @@ class StopRequest:
 
 
 def train_one_epoch(model, loader, optimizer, amp, epoch, *, lr_at=None, totals=None, on_step=None, stop=None,
-                    progress=False):
+                    sync_every=1, progress=False):
     """Train `model` for (the rest of) one epoch; `loader` is already positioned by its sampler.
 
     Args:
         amp: an Amp. epoch: 0-based.
         lr_at(fractional_epoch) -> lr, set before every step.
         totals: the EpochTotals of a partly done epoch (mid-epoch resume), else a fresh one.
-        on_step(totals, images): after every step (logging, mid-epoch checkpoints).
-        stop: a StopRequest; the epoch ends after the current step when it is set (on any rank).
+        on_step(totals, images): after each step that reads the totals back (logging, mid-epoch checkpoints).
+        stop: a StopRequest; the epoch ends at the next read-back when it is set (on any rank).
+        sync_every: read the loss and accuracy sums back from the device (and check them, and agree on
+            stopping across ranks) only when the global step epoch * steps + batch is a multiple of it, and
+            after the epoch's last batch; in between the host never waits for the device. Without
+            torch.distributed a stop request is acted on at the next step.
     Returns (totals, stopped): this rank's EpochTotals (totals.batches = batches done) and whether a
-    stop request ended the epoch early. Raises NonFiniteLoss when the loss is NaN or inf.
+    stop request ended the epoch early. Raises NonFiniteLoss when the loss is NaN or inf, before on_step
+    could save the weights.
     """
     model.train()
     totals = totals if totals is not None else EpochTotals()
     steps = totals.batches + len(loader)
+    sums = totals.on_device(amp.device)
     bar = tqdm(total=steps, initial=totals.batches, desc=f"epoch {epoch + 1}", disable=not progress,
                dynamic_ncols=True, leave=True)
-    stopped = False
+    stopped, distributed = False, is_initialized()
     for images, targets in loader:
         if lr_at is not None:
             set_lr(optimizer, lr_at(epoch + totals.batches / steps))
@@ -159,19 +165,23 @@ def train_one_epoch(model, loader, optimizer, amp, epoch, *, lr_at=None, totals=
             logits = model(images)                                   # (B, num_classes)
         loss = F.cross_entropy(logits.float(), targets)
         amp.step(loss, optimizer)
-        c1, c5 = topk_correct(logits.detach().float(), targets)      # one host sync per step, shared
-        loss_value = loss.item()
+        sums.add(loss.detach().double() * targets.numel(), logits.detach().float(), targets)
+        bar.update(1)
+        local_stop = stop is not None and stop.requested
+        if not (totals.batches == steps or (epoch * steps + totals.batches) % sync_every == 0
+                or (local_stop and not distributed)):
+            continue
+        sums.read()                                                  # the one wait for the device
         # Every rank must agree on stopping, or the others would wait in the next all-reduce.
-        bad, want_stop = all_reduce_max([0.0 if math.isfinite(loss_value) else 1.0,
-                                         1.0 if stop is not None and stop.requested else 0.0], amp.device)
+        bad, want_stop = all_reduce_max([1.0 if sums.first_bad_batch else 0.0, 1.0 if local_stop else 0.0],
+                                        amp.device)
         if bad:
             bar.close()
-            raise NonFiniteLoss(f"loss is {loss_value} at step {epoch * steps + totals.batches + 1} (epoch "
-                                f"{epoch + 1}, batch {totals.batches + 1}); stopped without saving: lower optim.lr "
-                                "or check the data, then --resume auto")
-        totals.add(loss_value * targets.numel(), c1, c5, targets.numel())
+            where = sums.first_bad_batch or totals.batches
+            raise NonFiniteLoss(f"the loss is not finite (nan or inf) at step {epoch * steps + where} (epoch {epoch + 1}, "
+                                f"batch {where}); stopped without saving: lower optim.lr or check the data, "
+                                "then --resume auto")
         bar.set_postfix(loss=f"{totals.loss:.3f}", top1=f"{totals.top1:.1f}", refresh=False)
-        bar.update(1)
         if on_step is not None:
             on_step(totals, images)
         if want_stop:
@@ -192,6 +202,7 @@ def evaluate(model, loader, amp, progress=False):
     """
     model.eval()
     totals = EpochTotals()
+    sums = totals.on_device(amp.device)                               # read back once, at the end
     for images, targets in tqdm(loader, desc="eval", disable=not progress, leave=False, dynamic_ncols=True):
         probs = predict_proba(model, images, amp) if images.dim() == 5 else None
         if probs is not None:
@@ -201,9 +212,8 @@ def evaluate(model, loader, amp, progress=False):
             with amp.autocast():
                 scores = model(images).float()                        # (B, K)
             loss = F.cross_entropy(scores, targets, reduction="sum")
-        c1, c5 = topk_correct(scores, targets)
-        totals.add(loss.item(), c1, c5, targets.numel())
-    totals = totals.all_reduce(amp.device)
+        sums.add(loss, scores, targets)
+    totals = sums.read().all_reduce(amp.device)
     return {"loss": totals.loss, "top1": totals.top1, "top5": totals.top5, "n": totals.n}
 
 

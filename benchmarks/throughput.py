@@ -28,6 +28,7 @@ import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -38,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from alexnet.config import DataConfig  # noqa: E402
 from alexnet.cpu import tune_allocator  # noqa: E402
+from alexnet.distributed import resolve_device  # noqa: E402
 from alexnet.engine import Amp  # noqa: E402
 from alexnet.errors import UserError, run_main  # noqa: E402
 from alexnet.model import AlexNet  # noqa: E402
@@ -58,32 +60,39 @@ def sample_photos():
     return sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".jpg"))
 
 
-def make_images(root, n_train, n_val, classes=10, seed=0):
+def make_images(root, n_train, n_val, classes=10, seed=0, threads=1):
     """ROOT/{train,val}/<class>/*.JPEG: about 500x375 JPEGs, each a random crop of a sample photo,
-    scaled, mirrored and recoloured (gain per channel, brightness, contrast), quality 75-95."""
-    rng = random.Random(seed)
+    scaled, mirrored and recoloured (gain per channel, brightness, contrast), quality 85-95. Image i of a
+    split draws from its own random stream, so `threads` (PIL releases the GIL) changes nothing but the time."""
     photos = [Image.open(p).convert("RGB") for p in sample_photos()]
-    for split, n in (("train", n_train), ("val", n_val)):
-        for i in range(n):
-            im = photos[rng.randrange(len(photos))]
-            w, h = im.size
-            cw = rng.randint(w // 3, w)
-            ch = min(h, max(h // 3, int(cw * rng.uniform(0.6, 1.0))))
-            x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
-            out_w = rng.randint(450, 500)
-            out_h = min(500, max(300, int(out_w * ch / cw)))
-            crop = im.crop((x, y, x + cw, y + ch)).resize((out_w, out_h), Image.BILINEAR)
-            if rng.random() < 0.25:                     # some portrait images, as in ImageNet
-                crop = crop.transpose(Image.Transpose.ROTATE_90)
-            if rng.random() < 0.5:
-                crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            gains = [rng.uniform(0.75, 1.25) for _ in range(3)]
-            crop = Image.merge("RGB", [c.point(lambda v, g=g: min(255, int(v * g))) for c, g in zip(crop.split(), gains)])
-            crop = ImageEnhance.Contrast(ImageEnhance.Brightness(crop).enhance(rng.uniform(0.7, 1.3))).enhance(
-                rng.uniform(0.7, 1.3))
-            d = os.path.join(root, split, f"class{i % classes:02d}")
-            os.makedirs(d, exist_ok=True)
-            crop.save(os.path.join(d, f"{i:06d}.JPEG"), quality=rng.randint(85, 95))
+    for im in photos:
+        im.load()
+
+    def one(split, i):
+        rng = random.Random(f"{seed}/{split}/{i}")
+        im = photos[rng.randrange(len(photos))]
+        w, h = im.size
+        cw = rng.randint(w // 3, w)
+        ch = min(h, max(h // 3, int(cw * rng.uniform(0.6, 1.0))))
+        x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+        out_w = rng.randint(450, 500)
+        out_h = min(500, max(300, int(out_w * ch / cw)))
+        crop = im.crop((x, y, x + cw, y + ch)).resize((out_w, out_h), Image.BILINEAR)
+        if rng.random() < 0.25:                     # some portrait images, as in ImageNet
+            crop = crop.transpose(Image.Transpose.ROTATE_90)
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        gains = [rng.uniform(0.75, 1.25) for _ in range(3)]
+        crop = Image.merge("RGB", [c.point(lambda v, g=g: min(255, int(v * g))) for c, g in zip(crop.split(), gains)])
+        crop = ImageEnhance.Contrast(ImageEnhance.Brightness(crop).enhance(rng.uniform(0.7, 1.3))).enhance(
+            rng.uniform(0.7, 1.3))
+        d = os.path.join(root, split, f"class{i % classes:02d}")
+        os.makedirs(d, exist_ok=True)
+        crop.save(os.path.join(d, f"{i:06d}.JPEG"), quality=rng.randint(85, 95))
+
+    jobs = [(split, i) for split, n in (("train", n_train), ("val", n_val)) for i in range(n)]
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        list(pool.map(lambda job: one(*job), jobs))
 
 
 def dir_stats(split_dir):
@@ -188,14 +197,14 @@ def synthetic_batches(batch_size, device, classes=1000):
     return iter(lambda: (x, y), None)
 
 
-def source_images(data, work, n_images):
+def source_images(data, work, n_images, threads=1):
     """The ImageFolder ROOT to measure on: `data`, or `n_images` generated training JPEGs under `work`."""
     if data:
         return data
     root = os.path.join(work, "images")
     if not os.path.isdir(os.path.join(root, "train")):
         t = time.perf_counter()
-        make_images(root, n_images, max(20, n_images // 20))
+        make_images(root, n_images, max(20, n_images // 20), threads=threads)
         print(f"wrote {n_images} training JPEGs to {root} in {time.perf_counter() - t:.0f} s")
     return root
 
@@ -254,6 +263,8 @@ def main(argv=None):
     device = torch.device(a.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda but no CUDA device is available; use --device cpu")
+    if device.type == "cuda":
+        device = resolve_device("cuda")                           # as train.py: cuDNN picks its fastest kernels
     cuda = device.type == "cuda"
     # As train.py does on CPU; forked DataLoader workers inherit it, so both pipelines run with it.
     tuned = not cuda and not a.no_tune_allocator and tune_allocator()
@@ -267,7 +278,7 @@ def main(argv=None):
            "workers": a.workers, "amp": "bf16" if cuda else "none", "channels_last": True, "compile": a.compile,
            "allocator_tuned": tuned}
     try:
-        root = source_images(a.data, work, a.images)
+        root = source_images(a.data, work, a.images, threads=a.workers)
         n, jpeg_bytes, w, h = dir_stats(os.path.join(root, "train"))
         res["source"] = {"images": n, "bytes_per_image": jpeg_bytes, "mean_size": [w, h]}
         print(f"source: {n} train JPEGs, mean {w:.0f}x{h:.0f}, {jpeg_bytes / 1e3:.0f} KB each")

@@ -24,8 +24,10 @@ from PIL import Image
 
 import train
 from alexnet import LocalResponseNorm
-from alexnet.config import DataConfig
-from alexnet.model import build_model
+from alexnet.config import DataConfig, OptimConfig
+from alexnet.distributed import resolve_device
+from alexnet.engine import Amp, build_optimizer, train_one_epoch
+from alexnet.model import AlexNet, build_model
 from conftest import DEMO_CLASSES, DEMO_SIZE, DEMO_TRAIN_PER_CLASS, DEMO_VAL_PER_CLASS, tiny_data_cfg
 from dataloader.augment import EvalAugment, TrainAugment, crop_flip, pca_shift
 from dataloader.prepare import prepare
@@ -227,6 +229,38 @@ def test_jpeg_store_loader_on_cuda_decodes_on_the_gpu(stores, demo_root):
 
 
 # ---------------------------------------------------------------------------------- train.py on CUDA
+
+def test_resolve_device_lets_cudnn_pick_its_fastest_kernels_unless_deterministic(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    assert resolve_device("cuda") == torch.device("cuda", 0) and torch.backends.cudnn.benchmark
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    resolve_device("cuda")
+    assert not torch.backends.cudnn.benchmark
+
+
+def test_train_one_epoch_waits_for_the_gpu_only_at_its_read_backs():
+    torch.manual_seed(0)
+    model = AlexNet(num_classes=10).to(DEVICE, memory_format=torch.channels_last)
+    opt, amp = build_optimizer(model, OptimConfig()), Amp("bf16", DEVICE)
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    batches = [(torch.randn(8, 3, 224, 224, device=DEVICE, generator=g).contiguous(memory_format=torch.channels_last),
+                torch.randint(0, 10, (8,), device=DEVICE, generator=g)) for _ in range(8)]
+    train_one_epoch(model, batches, opt, amp, 0, lr_at=lambda e: 0.01)     # cuDNN picks its kernels here
+    torch.cuda.synchronize()
+    reads = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            totals, _ = train_one_epoch(model, batches, opt, amp, 1, lr_at=lambda e: 0.01, sync_every=4,
+                                        on_step=lambda t, images: reads.append(t.batches))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message)]
+    assert reads == [4, 8] and totals.n == 64            # global steps 9..16: read back at 12 and 16
+    assert len(syncs) == len(reads), syncs                 # nothing else waited for the GPU
+
+
 
 def _args(data, out, *extra, epochs=1):
     return ["--data", data, "--out", str(out), "--epochs", str(epochs), "--batch-size", "40", "--num_classes",

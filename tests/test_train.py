@@ -148,7 +148,7 @@ def test_sigterm_during_validation_stops_after_the_epoch(straight, demo_root, tm
 
 
 def test_nan_loss_stops_with_step_and_never_best(demo_root, tmp_path):
-    with pytest.raises(UserError, match=r"loss is (nan|inf) at step \d+") as e:
+    with pytest.raises(UserError, match=r"loss is not finite \(nan or inf\) at step \d+ \(epoch 1, batch \d+\)") as e:
         train.main(tiny_args(demo_root, tmp_path, "--lr", "1e8", "model.init=paper"))
     assert "\n" not in str(e.value)
     assert not os.path.exists(tmp_path / "best.pt") and not os.path.exists(tmp_path / "last.pt")
