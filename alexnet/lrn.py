@@ -14,6 +14,7 @@ is the closed form (about 15 streaming passes over the tensor in all)
     dL/da[j] = g[j] * D[j]^-beta  -  2 * alpha * beta * a[j] * sum_{i : j in window(i)} g[i] * b[i] / D[i]
 
 (benchmarks/bench_model.py measures the speed-up; tests/test_lrn.py checks it against the formula).
+Under torch.compile the same formula is written out of place (`_lrn_traced`) and left to the compiler.
 """
 import torch
 from torch import nn
@@ -73,12 +74,29 @@ class _LRNFunction(torch.autograd.Function):
         return grad.to(grad_out.dtype), None, None, None, None
 
 
+def _lrn_traced(a, size, alpha, beta, k):
+    """The same formula out of place, for torch.compile: the window sum as a sum of shifted slices of the
+    channel-padded squares; autograd derives the backward and the compiler fuses each direction into a
+    few kernels (the hand-written backward's in-place slice updates are what eager mode needs, not it)."""
+    x = a.to(_compute_dtype(a))
+    before, after = _window(size, x.shape[1])
+    c = x.shape[1]
+    sq = torch.nn.functional.pad((x * x).flatten(2), (0, 0, before, after))    # (N, C + n - 1, *)
+    s = sum(sq[:, i:i + c] for i in range(before + after + 1)).view_as(x)
+    return (x * (k + alpha * s).pow(-beta)).to(a.dtype)
+
+
 def local_response_norm(a, size=5, alpha=1e-4, beta=0.75, k=2.0):
-    """Functional form of :class:`LocalResponseNorm`. a: (N, C, *) -> (N, C, *)."""
+    """Functional form of :class:`LocalResponseNorm`. a: (N, C, *) -> (N, C, *).
+
+    Eager: `_LRNFunction` (in-place window sums, closed-form backward). Under torch.compile: `_lrn_traced`.
+    """
     if a.dim() < 3:
         raise ValueError(f"local_response_norm expects (N, C, ...) input, got shape {tuple(a.shape)}")
     if a.numel() == 0:
         return a * 1.0
+    if torch.compiler.is_compiling():
+        return _lrn_traced(a, size, alpha, beta, k)
     return _LRNFunction.apply(a, size, alpha, beta, k)
 
 

@@ -106,8 +106,8 @@ class StoreSplit:
 class JpegDecoder:
     """Decodes whole batches of JPEG bytes into uint8 (B, 3, R, R) on `device`.
 
-    On CUDA, one `torchvision.io.decode_jpeg(list, device=...)` call per batch (nvjpeg; the current
-    stream waits for it). Elsewhere, or after the first failure (a warning, once; e.g. a torchvision
+    On CUDA, one `torchvision.io.decode_jpeg(list, device=...)` call per batch (nvjpeg, on the current
+    stream: the store loader's side stream). Elsewhere, or after the first failure (a warning, once; e.g. a torchvision
     built without nvjpeg), the CPU decode of `dataloader.images.decode_jpeg` (PIL), then a copy.
     gpu: force the torchvision path on or off (None: on exactly when `device` is CUDA and available).
     """
@@ -145,7 +145,8 @@ class StoreLoader:
         sampler: ResumableSampler (yields (position, sample_seed)) or ShardSampler (yields positions).
         batch_size, drop_last: as a DataLoader's.
         augment: TrainAugment or EvalAugment, called as augment(uint8 (B, 3, R, R) on device, batch seed).
-        device: where batches go; pinned memory and a side copy stream on CUDA.
+        device: where batches go; on CUDA pinned memory, and the copy, decode and augmentation on a side
+            stream driven by the reader thread.
         workers: decode threads (jpeg stores). prefetch: batches read ahead.
         gpu_decode: jpeg stores on CUDA: decode whole batches with nvjpeg (`JpegDecoder`); None: when available.
     """
@@ -182,15 +183,21 @@ class StoreLoader:
 
 
 class _StoreIterator:
-    """One pass: a reader thread fills a queue with host batches; __next__ finishes them on the device."""
+    """One pass: a reader thread fills a queue with finished batches; __next__ hands them over.
+
+    CPU: pool threads read and augment. CUDA: pool threads read into pinned memory (or only fetch the JPEG
+    bytes); the reader thread then copies (or nvjpeg-decodes) and augments each batch on a side stream and
+    records an event, so the training thread neither waits for a copy or a decode nor launches the
+    augmentation, and the GPU runs it beside the previous step; __next__ makes the training stream wait
+    for the event.
+    """
 
     def __init__(self, loader):
         self.loader = loader
         self.cuda = loader.device.type == "cuda"
         self.queue = queue.Queue(maxsize=loader.prefetch)
         self.stop = threading.Event()
-        self.copy_stream = torch.cuda.Stream(loader.device) if self.cuda else None
-        self.staged = None
+        self.side_stream = torch.cuda.Stream(loader.device) if self.cuda else None
         self.thread = threading.Thread(target=self._read_all, args=(loader.batch_plan(),), daemon=True)
         self.thread.start()
 
@@ -208,7 +215,7 @@ class _StoreIterator:
         ld = self.loader
         targets = torch.from_numpy(ld.dataset.labels[indices])
         if ld.decoder is not None and ld.decoder.gpu:
-            return ld.dataset.blobs(indices), targets, seed             # decoded on the GPU by _stage
+            return ld.dataset.blobs(indices), targets, seed             # decoded on the GPU by _finish
         buf = torch.empty((len(indices), ld.dataset.size, ld.dataset.size, 3), dtype=torch.uint8,
                           pin_memory=self.cuda)
         ld.dataset.read(indices, buf.numpy())
@@ -217,21 +224,42 @@ class _StoreIterator:
             images = ld.augment(images, seed)
         return images, targets, seed
 
+    def _finish(self, item):
+        """CUDA, in the reader thread: copy (or decode) and augment one host batch on the side stream.
+        Returns (images, targets, event): the batch is ready on the device once `event` has passed."""
+        images, targets, seed = item
+        ld = self.loader
+        with torch.cuda.stream(self.side_stream):
+            if isinstance(images, list):
+                images = ld.decoder(images)
+            else:
+                images = images.to(ld.device, non_blocking=True)
+            images = ld.augment(images, seed)
+            targets = targets.to(ld.device, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(self.side_stream)
+        return images, targets, event
+
     def _read_all(self, plan):
         """Reader thread: `workers` batches in flight in a thread pool (reads, JPEG decodes and torch ops
-        release the GIL), handed over in order."""
+        release the GIL), handed over in order (on CUDA, finished on the device first)."""
         ld = self.loader
         pending = collections.deque()
+
+        def hand_over(item):
+            return self._put(self._finish(item) if self.cuda else item)
         try:
+            if self.cuda and ld.device.index is not None:
+                torch.cuda.set_device(ld.device.index)                   # a new thread starts on GPU 0
             with ThreadPoolExecutor(ld.workers) as pool:
                 for indices, seed in plan:
                     pending.append(pool.submit(self._make, indices, seed))
-                    if len(pending) >= ld.workers and not self._put(pending.popleft().result()):
+                    if len(pending) >= ld.workers and not hand_over(pending.popleft().result()):
                         return
                     if self.stop.is_set():
                         return
                 while pending:
-                    if not self._put(pending.popleft().result()):
+                    if not hand_over(pending.popleft().result()):
                         return
             self._put(None)
         except BaseException as e:  # hand it to the training thread, which re-raises it
@@ -247,42 +275,22 @@ class _StoreIterator:
             raise item
         return item
 
-    def _stage(self, item):
-        """Start the host -> device copy of one batch on the side stream (CUDA); a list of JPEG byte
-        tensors is decoded there by nvjpeg (or, after an nvjpeg failure, on the CPU, then copied)."""
-        images, targets, seed = item
-        with torch.cuda.stream(self.copy_stream):
-            if isinstance(images, list):
-                images = self.loader.decoder(images)
-            else:
-                images = images.to(self.loader.device, non_blocking=True)
-            return images, targets.to(self.loader.device, non_blocking=True), seed
-
     def __iter__(self):
         return self
 
     def __next__(self):
-        if not self.cuda:
-            item = self._get()
-            if item is None:
-                self.close()
-                raise StopIteration
-            return item[0], item[1]
-        # CUDA: batch k was copied on the side stream; start batch k+1's copy, then augment batch k.
-        if self.staged is None:                                      # first call of the pass
-            item = self._get()
-            self.staged = self._stage(item) if item is not None else _END
-        if self.staged is _END:
+        item = self._get()
+        if item is None:
             self.close()
             raise StopIteration
-        images, targets, seed = self.staged
+        if not self.cuda:
+            return item[0], item[1]
+        images, targets, event = item
         current = torch.cuda.current_stream(self.loader.device)
-        current.wait_stream(self.copy_stream)                        # batch k's copy has landed
-        images.record_stream(current)                                # its memory is in use on `current`
+        current.wait_event(event)                                    # copied and augmented on the side stream
+        images.record_stream(current)                                # their memory is in use on `current`
         targets.record_stream(current)
-        item = self._get()
-        self.staged = self._stage(item) if item is not None else _END
-        return self.loader.augment(images, seed), targets
+        return images, targets
 
     def close(self):
         self.stop.set()
@@ -291,7 +299,6 @@ class _StoreIterator:
         self.close()
 
 
-_END = (None, None, None)
 
 
 def _read_index(store):

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from alexnet import LocalResponseNorm
+from alexnet.lrn import _lrn_traced
 
 
 def direct_lrn(a, n=5, alpha=1e-4, beta=0.75, k=2.0):
@@ -107,6 +108,18 @@ def test_paper_alpha_is_not_divided_by_size():
     x = torch.full((1, 5, 1, 1), 10.0)                 # centre channel: S = 5 * 100 = 500
     y = LocalResponseNorm(5, 1e-4, 0.75, 2.0)(x)
     assert y[0, 2, 0, 0].item() == pytest.approx(10.0 / (2.0 + 1e-4 * 500) ** 0.75, rel=1e-6)
+
+
+@pytest.mark.parametrize("size,channels", [(5, 16), (1, 4), (2, 6), (4, 9), (7, 3), (5, 1)])
+def test_the_out_of_place_form_used_under_compile_equals_the_eager_function(size, channels):
+    x = post_relu(2, channels, 5, 4, scale=30.0)
+    grad = torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    ours = LocalResponseNorm(size, 1e-3, 0.75, 2.0)
+    y_ref, g_ref = fwd_bwd(ours, x, grad)
+    y, g = fwd_bwd(lambda a: _lrn_traced(a, size, 1e-3, 0.75, 2.0), x, grad)
+    assert rel_err(y, y_ref) < 1e-12 and rel_err(g, g_ref) < 1e-12
+    half = _lrn_traced(x.bfloat16().contiguous(memory_format=torch.channels_last), size, 1e-3, 0.75, 2.0)
+    assert half.dtype == torch.bfloat16 and half.is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
