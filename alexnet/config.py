@@ -19,6 +19,7 @@ class ModelConfig:
     in_channels: int = 3
     dropout: float = 0.5          # fc6 and fc7 (Sec. 4.2)
     init: str = "paper"           # "paper": N(0, 0.01), biases 1/0 (Sec. 5) | "caffe" | "kaiming" | "default"
+    init_bias: float = 1.0        # init paper: the constant of the biases the paper sets to 1 (conv2/4/5, fc6/7)
     lrn: bool = True              # ablation switch (Sec. 3.3)
     overlap_pool: bool = True     # 3/2 pooling; False gives 2/2 (Sec. 3.4)
     groups: bool = True           # two-group conv2/4/5; False connects all maps
@@ -238,6 +239,8 @@ def validate(cfg):
     _check(m.num_classes >= 1, "model.num_classes", f"must be >= 1, got {m.num_classes}")
     _check(m.in_channels >= 1, "model.in_channels", f"must be >= 1, got {m.in_channels}")
     _check(0.0 <= m.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {m.dropout}")
+    _check(m.init_bias == 1.0 or m.init == "paper", "model.init_bias",
+           f"applies to model.init=paper only (init {m.init} sets its own biases); remove it")
     _check(dt.resize >= 1, "data.resize", f"must be >= 1, got {dt.resize}")
     _check(1 <= dt.crop <= dt.resize, "data.crop", f"must be in [1, data.resize={dt.resize}], got {dt.crop}")
     _check(dt.pca_sigma >= 0, "data.pca_sigma", f"must be >= 0, got {dt.pca_sigma}")

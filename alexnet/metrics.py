@@ -79,8 +79,10 @@ class DeviceTotals:
 
     def __init__(self, totals, device):
         self.totals = totals
-        t = totals
-        self.sums = torch.tensor([t.loss_sum, t.correct1, t.correct5], dtype=torch.float64, device=device)
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)
+        for i, v in enumerate((totals.loss_sum, totals.correct1, totals.correct5)):
+            if v:
+                self.sums[i] = v     # a fill: a copy from host memory (torch.tensor) would wait for the GPU
         self.bad = torch.zeros((), dtype=torch.float64, device=device)    # first non-finite batch, 0: none
         self.first_bad_batch = None
 

@@ -53,8 +53,8 @@ class AlexNet(nn.Module):
             "owt": torchvision.models.alexnet ("one weird trick", 2014): 64-192-384-256-256, no groups,
             no LRN, dropout before fc6 and fc7; the ``lrn`` and ``groups`` switches do not apply to it.
         dropout: dropout probability at fc6 and fc7 (Sec. 4.2: 0.5); 0 turns it off.
-        init: "paper": weights N(0, 0.01), biases 1 in conv2, conv4, conv5, fc6, fc7, 0 elsewhere
-            (Sec. 5). Several re-implementations found that this does not train as written: with std
+        init: "paper": weights N(0, 0.01), biases 1 (``init_bias``) in conv2, conv4, conv5, fc6, fc7, 0
+            elsewhere (Sec. 5). Several re-implementations found that this does not train as written: with std
             0.01 each layer shrinks the signal (0.01 * sqrt(fan_in) ~ 0.2 for conv1), so the logits
             start near zero and the loss stays flat for a long time.
             "kaiming": He et al. 2015 normal init (fan_in, ReLU gain) with zero biases, fc8 N(0, 0.01):
@@ -63,6 +63,8 @@ class AlexNet(nn.Module):
             "caffe": Caffe's bvlc_alexnet reference: N(0, 0.01), fc6/fc7 N(0, 0.005), bias 0.1 where
             the paper has 1 (Caffe found bias 1 "gave flat loss").
             "default": PyTorch's layer defaults (as torchvision's AlexNet).
+        init_bias: init "paper" only: the constant of the biases the paper sets to 1 (docs/recipe.md:
+            1 keeps the network at chance; 0.1, Caffe's value, learns at the paper's pixel scale).
         lrn: local response normalization after conv1 and conv2 (Sec. 3.3) on/off (paper only).
         overlap_pool: True: 3x3 stride 2 max pooling (Sec. 3.4); False: non-overlapping 2x2 stride 2.
         groups: True: conv2/4/5 as two-group convolutions (paper only); False: fully connected maps
@@ -84,7 +86,7 @@ class AlexNet(nn.Module):
     """
 
     def __init__(self, num_classes=1000, in_channels=3, variant="paper", dropout=0.5, init="paper",
-                 lrn=True, overlap_pool=True, groups=True):
+                 lrn=True, overlap_pool=True, groups=True, init_bias=1.0):
         super().__init__()
         _check_positive_int("num_classes", num_classes)
         _check_positive_int("in_channels", in_channels)
@@ -132,14 +134,14 @@ class AlexNet(nn.Module):
                     ("fc8", nn.Linear(4096, num_classes, **meta))]
         self.classifier = nn.Sequential(OrderedDict(head))
         self.to_empty(device=torch.get_default_device())
-        self.reset_parameters(init)
+        self.reset_parameters(init, init_bias)
 
     @property
     def conv1(self):
         """The first convolution (96 11x11 kernels in the paper; the two GPUs' halves are [0:48], [48:96])."""
         return self.features.conv1
 
-    def reset_parameters(self, init="paper"):
+    def reset_parameters(self, init="paper", init_bias=1.0):
         """(Re-)initialise every conv and linear layer with the scheme ``init`` (see class docstring)."""
         for name, m in list(self.features.named_children()) + list(self.classifier.named_children()):
             if not isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -148,7 +150,7 @@ class AlexNet(nn.Module):
                 m.reset_parameters()
             elif init == "paper":                       # Sec. 5
                 nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.constant_(m.bias, 1.0 if name in _BIAS_ONE else 0.0)
+                nn.init.constant_(m.bias, init_bias if name in _BIAS_ONE else 0.0)
             elif init == "caffe":                       # bvlc_alexnet train_val.prototxt
                 nn.init.normal_(m.weight, 0.0, 0.005 if name in ("fc6", "fc7") else 0.01)
                 nn.init.constant_(m.bias, 0.1 if name in _BIAS_ONE else 0.0)
@@ -195,7 +197,8 @@ def build_model(model_cfg):
     """AlexNet from a ``ModelConfig`` (alexnet.config) or a dict of its fields (as stored in checkpoints)."""
     if not isinstance(model_cfg, dict):
         model_cfg = {f: getattr(model_cfg, f) for f in model_cfg.__dataclass_fields__}
-    known = ("variant", "num_classes", "in_channels", "dropout", "init", "lrn", "overlap_pool", "groups")
+    known = ("variant", "num_classes", "in_channels", "dropout", "init", "lrn", "overlap_pool", "groups",
+             "init_bias")
     unknown = sorted(set(model_cfg) - set(known))
     if unknown:
         raise UserError(f"unknown model config key(s) {', '.join(unknown)}; known: {', '.join(known)}")

@@ -5,8 +5,9 @@
 
 Every row is `python train.py --config configs/alexnet_paper.yaml` on the bundled demo data (written to
 data/demo on first use) with only the data size, class count and batch overridden (resize 72, random 64
-crops, 10 classes, batch 64), plus the row's own overrides: the init (paper / caffe / kaiming), the pixel
-scale (1: [0, 1]; 255: the paper's raw values minus the mean image), LRN on / off, warm-up, and the
+crops, 10 classes, batch 64), plus the row's own overrides: the init (paper / caffe / kaiming) and the paper
+init's bias constant (1 / 0.1), the pixel scale (1: [0, 1]; 255: the paper's raw values minus the mean
+image), LRN on / off, warm-up, and the
 original code's bias conventions and update rule. Rows run one after another in subprocesses (a row that
 fails is reported, the others go on); each row's run directory stays in --out, and a row whose run
 directory already holds --epochs epochs of the same command is read back instead of trained again
@@ -28,24 +29,34 @@ from alexnet.errors import UserError, run_main  # noqa: E402
 BASE = ["--config", "configs/alexnet_paper.yaml", "--data", "data/demo", "data.demo=true", "--num_classes", "10",
         "--batch-size", "64", "data.resize=72", "data.crop=64", "train.log_images=false", "--device", "cpu"]
 
-# name -> (what it tests, overrides on top of configs/alexnet_paper.yaml)
+# name -> (what it tests, overrides on top of configs/alexnet_paper.yaml). The config sets model.init_bias 0.1,
+# which only the paper init takes: the other rows put it back to 1 (their inits set their own biases).
+OTHER = "model.init_bias=1"
 ROWS = {
-    "paper-1": ("the paper's init (N(0, 0.01), biases 1) on [0, 1] pixels", ["model.init=paper", "data.pixel_scale=1"]),
-    "paper-255": ("the paper's init at the paper's pixel scale", ["model.init=paper", "data.pixel_scale=255"]),
+    "paper-1": ("the paper's init (N(0, 0.01), biases 1) on [0, 1] pixels",
+                ["model.init=paper", "model.init_bias=1", "data.pixel_scale=1"]),
+    "paper-255": ("the paper's init at the paper's pixel scale",
+                  ["model.init=paper", "model.init_bias=1", "data.pixel_scale=255"]),
     "paper-255-warmup": ("the paper's init at 255, 1 epoch of linear warm-up",
-                         ["model.init=paper", "data.pixel_scale=255", "schedule.warmup_epochs=1"]),
-    "caffe-1": ("Caffe's init (bias 0.1, fc6/fc7 std 0.005) on [0, 1] pixels", ["model.init=caffe", "data.pixel_scale=1"]),
-    "caffe-255": ("Caffe's init at the paper's pixel scale", ["model.init=caffe", "data.pixel_scale=255"]),
+                         ["model.init=paper", "model.init_bias=1", "data.pixel_scale=255", "schedule.warmup_epochs=1"]),
+    "paper-1-bias0.1": ("the paper's weights, biases 0.1 (Caffe's value), on [0, 1] pixels",
+                        ["model.init=paper", "model.init_bias=0.1", "data.pixel_scale=1"]),
+    "paper-255-bias0.1": ("the paper's weights, biases 0.1, at the paper's pixel scale: **the config**",
+                          ["model.init=paper", "model.init_bias=0.1", "data.pixel_scale=255"]),
+    "caffe-1": ("Caffe's init (bias 0.1, fc6/fc7 std 0.005) on [0, 1] pixels",
+                ["model.init=caffe", OTHER, "data.pixel_scale=1"]),
+    "caffe-255": ("Caffe's init at the paper's pixel scale", ["model.init=caffe", OTHER, "data.pixel_scale=255"]),
     "caffe-255-nolrn": ("as caffe-255 without LRN (Sec. 3.3)",
-                        ["model.init=caffe", "data.pixel_scale=255", "model.lrn=false"]),
+                        ["model.init=caffe", OTHER, "data.pixel_scale=255", "model.lrn=false"]),
     "caffe-255-bias": ("as caffe-255 with the original code's biases: lr x2, no weight decay",
-                       ["model.init=caffe", "data.pixel_scale=255", "optim.bias_lr_factor=2", "optim.no_bias_decay=true"]),
+                       ["model.init=caffe", OTHER, "data.pixel_scale=255", "optim.bias_lr_factor=2",
+                        "optim.no_bias_decay=true"]),
     "caffe-255-paperupdate": ("as caffe-255 with Sec. 5's update rule (lr inside the velocity)",
-                              ["model.init=caffe", "data.pixel_scale=255", "optim.update=paper"]),
-    "kaiming-1": ("He init (zero biases) on [0, 1] pixels", ["model.init=kaiming", "data.pixel_scale=1"]),
-    "kaiming-255": ("He init at the paper's pixel scale", ["model.init=kaiming", "data.pixel_scale=255"]),
+                              ["model.init=caffe", OTHER, "data.pixel_scale=255", "optim.update=paper"]),
+    "kaiming-1": ("He init (zero biases) on [0, 1] pixels", ["model.init=kaiming", OTHER, "data.pixel_scale=1"]),
+    "kaiming-255": ("He init at the paper's pixel scale", ["model.init=kaiming", OTHER, "data.pixel_scale=255"]),
     "kaiming-1-nolrn": ("He init on [0, 1] pixels without LRN",
-                        ["model.init=kaiming", "data.pixel_scale=1", "model.lrn=false"]),
+                        ["model.init=kaiming", OTHER, "data.pixel_scale=1", "model.lrn=false"]),
 }
 
 

@@ -4,7 +4,7 @@ import torch
 import torchvision
 
 from alexnet import AlexNet, LocalResponseNorm, build_model, from_torchvision
-from alexnet.config import ModelConfig
+from alexnet.config import ModelConfig, load_config
 from alexnet.errors import UserError
 from alexnet.model import count_parameters
 
@@ -91,6 +91,21 @@ def test_paper_init_std_and_biases(paper):
         assert abs(w.mean().item()) < 5e-4, name
         expected = 1.0 if name in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0.0
         assert torch.equal(b, torch.full_like(b, expected)), name
+
+
+def test_paper_init_bias_changes_only_the_bias_one_layers():
+    torch.manual_seed(0)
+    a = AlexNet(num_classes=10)
+    torch.manual_seed(0)
+    b = build_model({"num_classes": 10, "init": "paper", "init_bias": 0.1})
+    for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+        layer = name.split(".")[1]
+        if name.endswith(".bias") and layer in ("conv2", "conv4", "conv5", "fc6", "fc7"):
+            assert torch.equal(pa, torch.ones_like(pa)) and torch.equal(pb, torch.full_like(pb, 0.1)), name
+        else:                                                    # the same N(0, 0.01) draws, zero biases
+            assert torch.equal(pa, pb), name
+    with pytest.raises(UserError, match="model.init_bias.*init=paper only"):
+        load_config(None, ["model.init=caffe", "model.init_bias=0.1"])
 
 
 def test_other_inits():
