@@ -118,6 +118,18 @@ MUTATIONS = {
     "train-compile-ignored": (
         "train.py", "        train_model = torch.compile(train_model)\n", "        pass\n",
         ["tests/test_fast_paths.py::test_train_compile_true_runs_compiled_and_saves_plain_weights"]),
+    "device-totals-drop-the-loss": (   # the epoch's train loss would be 0 (sums kept on the device)
+        "alexnet/metrics.py", "self.sums += torch.cat([loss_sum[None],", "self.sums += torch.cat([0 * loss_sum[None],",
+        ["tests/test_engine_sync.py"]),
+    "nan-check-skipped-at-read-back": (   # a NaN step would be logged and saved as if fine
+        "alexnet/engine.py", "        if bad:\n            bar.close()", "        if False:\n            bar.close()",
+        ["tests/test_engine_sync.py", "tests/test_train.py::test_nan_loss_stops_with_step_and_never_best"]),
+    "compiled-lrn-window-one-short": (   # what torch.compile runs would differ from the eager LRN
+        "alexnet/lrn.py", "for i in range(before + after + 1))", "for i in range(before + after))",
+        ["tests/test_lrn.py"]),
+    "last-batch-not-read-back": (   # the epoch's totals would miss the batches after the last multiple
+        "alexnet/engine.py", "if not (totals.batches == steps or", "if not (False or",
+        ["tests/test_engine_sync.py"]),
 }
 
 
