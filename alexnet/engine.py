@@ -157,7 +157,25 @@ def train_one_epoch(model, loader, optimizer, amp, epoch, *, lr_at=None, totals=
     sums = totals.on_device(amp.device)
     bar = tqdm(total=steps, initial=totals.batches, desc=f"epoch {epoch + 1}", disable=not progress,
                dynamic_ncols=True, leave=True)
-    stopped, distributed = False, is_initialized()
+    distributed, read_at = is_initialized(), totals.batches
+
+    def read_back(local_stop):
+        """Bring the sums back and check them; all ranks agree on stopping. Returns whether to stop."""
+        nonlocal read_at
+        sums.read()                                                  # the one wait for the device
+        read_at = totals.batches
+        # Every rank must agree on stopping, or the others would wait in the next all-reduce.
+        bad, want_stop = all_reduce_max([1.0 if sums.first_bad_batch else 0.0, 1.0 if local_stop else 0.0],
+                                        amp.device)
+        if bad:
+            bar.close()
+            where = sums.first_bad_batch or totals.batches
+            raise NonFiniteLoss(f"the loss is not finite (nan or inf) at step {epoch * steps + where} (epoch "
+                                f"{epoch + 1}, batch {where}); stopped without saving: lower optim.lr or check the "
+                                "data, then --resume auto")
+        bar.set_postfix(loss=f"{totals.loss:.3f}", top1=f"{totals.top1:.1f}", refresh=False)
+        return bool(want_stop)
+
     for images, targets in loader:
         if lr_at is not None:
             set_lr(optimizer, lr_at(epoch + totals.batches / steps))
@@ -171,24 +189,16 @@ def train_one_epoch(model, loader, optimizer, amp, epoch, *, lr_at=None, totals=
         if not (totals.batches == steps or (epoch * steps + totals.batches) % sync_every == 0
                 or (local_stop and not distributed)):
             continue
-        sums.read()                                                  # the one wait for the device
-        # Every rank must agree on stopping, or the others would wait in the next all-reduce.
-        bad, want_stop = all_reduce_max([1.0 if sums.first_bad_batch else 0.0, 1.0 if local_stop else 0.0],
-                                        amp.device)
-        if bad:
-            bar.close()
-            where = sums.first_bad_batch or totals.batches
-            raise NonFiniteLoss(f"the loss is not finite (nan or inf) at step {epoch * steps + where} (epoch {epoch + 1}, "
-                                f"batch {where}); stopped without saving: lower optim.lr or check the data, "
-                                "then --resume auto")
-        bar.set_postfix(loss=f"{totals.loss:.3f}", top1=f"{totals.top1:.1f}", refresh=False)
+        want_stop = read_back(local_stop)
         if on_step is not None:
             on_step(totals, images)
         if want_stop:
-            stopped = True
-            break
+            bar.close()
+            return totals, True
+    if read_at != totals.batches:                                    # a loader shorter than its len()
+        read_back(False)
     bar.close()
-    return totals, stopped
+    return totals, False
 
 
 @torch.inference_mode()

@@ -198,6 +198,8 @@ class _StoreIterator:
         self.queue = queue.Queue(maxsize=loader.prefetch)
         self.stop = threading.Event()
         self.side_stream = torch.cuda.Stream(loader.device) if self.cuda else None
+        if self.cuda:   # the augmentation's constants (mean image, ...) were made on the training stream
+            self.side_stream.wait_stream(torch.cuda.current_stream(loader.device))
         self.thread = threading.Thread(target=self._read_all, args=(loader.batch_plan(),), daemon=True)
         self.thread.start()
 

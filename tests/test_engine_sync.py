@@ -112,3 +112,23 @@ def test_a_resumed_epoch_keeps_adding_to_its_totals():
     assert isinstance(part.on_device("cpu"), DeviceTotals)
     rest, _, seen = _run(batches[4:], sync_every=3, totals=part)
     assert rest.batches == 7 and rest.n == whole.n and seen == [6, 7]
+
+
+class _Short:
+    """A loader whose len() promises more batches than it yields."""
+
+    def __init__(self, batches, promised):
+        self.batches, self.promised = batches, promised
+
+    def __len__(self):
+        return self.promised
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+def test_a_loader_shorter_than_its_len_still_reads_its_sums_back():
+    batches = _batches(3)
+    ref, _, _ = _run(batches, sync_every=1)
+    short, stopped, seen = _run(_Short(batches, 5), sync_every=4)
+    assert not stopped and seen == [] and short.state_dict() == ref.state_dict()
