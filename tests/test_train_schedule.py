@@ -19,7 +19,8 @@ BASE_LR = 0.01
 def tiny_args(data, out, *extra, epochs, batch=40):
     return ["--data", data, "--out", str(out), "--epochs", str(epochs), "--batch-size", str(batch), "--num_classes",
             "10", "--device", "cpu", "--lr", str(BASE_LR), "model.overlap_pool=false", "model.init=kaiming",
-            "data.resize=48", "data.crop=40", "data.workers=0", "train.log_images=false", *extra]
+            "data.resize=48", "data.crop=40", "data.workers=0", "train.log_images=false",
+            "train.log_every_steps=1", *extra]    # on_step (record_lrs' hook) after every step
 
 
 def record_lrs(monkeypatch, lrs, sigterm_at=None):
