@@ -121,6 +121,9 @@ MUTATIONS = {
     "device-totals-drop-the-loss": (   # the epoch's train loss would be 0 (sums kept on the device)
         "alexnet/metrics.py", "self.sums += torch.cat([loss_sum[None],", "self.sums += torch.cat([0 * loss_sum[None],",
         ["tests/test_engine_sync.py"]),
+    "compiled-lrn-window-one-short": (   # what torch.compile runs would differ from the eager LRN
+        "alexnet/lrn.py", "for i in range(before + after + 1))", "for i in range(before + after))",
+        ["tests/test_lrn.py"]),
     "last-batch-not-read-back": (   # the epoch's totals would miss the batches after the last multiple
         "alexnet/engine.py", "if not (totals.batches == steps or", "if not (False or",
         ["tests/test_engine_sync.py"]),
