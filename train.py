@@ -84,6 +84,14 @@ def resume_checkpoint(cfg):
     return path, (load_checkpoint(path) if path else None)
 
 
+def read_back_every(log_every, save_every, most=50):
+    """Steps between train_one_epoch's read-backs of the totals (between them the host does not wait for the
+    GPU): a divisor of gcd(log_every, save_every), since after_step needs the totals at their multiples, and
+    at most `most`, since under torchrun a stop request waits for the next read-back."""
+    g = math.gcd(log_every, save_every)
+    return max(d for d in range(1, min(g, most) + 1) if g % d == 0)
+
+
 class Session:
     """What the steps of one training run share, and the two things done between steps: `after_step`
     (TensorBoard scalars, mid-epoch checkpoints, input images; called every `sync_every` steps and at the
@@ -92,8 +100,7 @@ class Session:
     def __init__(self, cfg, info, state, loaders, amp, stop):
         self.cfg, self.info, self.state, self.loaders, self.amp, self.stop = cfg, info, state, loaders, amp, stop
         self.steps_per_epoch, self.epoch = len(loaders.train), state.epoch
-        # after_step needs the totals at these steps only; between them the host does not wait for the GPU
-        self.sync_every = math.gcd(cfg.train.log_every_steps, cfg.train.save_every_steps)
+        self.sync_every = read_back_every(cfg.train.log_every_steps, cfg.train.save_every_steps)
         out = cfg.train.out
         self.last, self.best_path = os.path.join(out, "last.pt"), os.path.join(out, "best.pt")
         step = state.epoch * self.steps_per_epoch + state.batch

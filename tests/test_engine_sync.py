@@ -7,6 +7,7 @@ import random
 import pytest
 import torch
 
+import train
 from alexnet.engine import Amp, NonFiniteLoss, StopRequest, train_one_epoch
 from alexnet.metrics import DeviceTotals, EpochTotals, topk_correct
 
@@ -132,3 +133,10 @@ def test_a_loader_shorter_than_its_len_still_reads_its_sums_back():
     ref, _, _ = _run(batches, sync_every=1)
     short, stopped, seen = _run(_Short(batches, 5), sync_every=4)
     assert not stopped and seen == [] and short.state_dict() == ref.state_dict()
+
+
+@pytest.mark.parametrize("log,save,expected", [(20, 0, 20), (20, 30, 10), (1000, 0, 50), (1000, 300, 50),
+                                               (64, 0, 32), (97, 0, 1), (1, 500, 1)])
+def test_train_reads_back_at_every_log_and_save_step_and_at_least_every_50(log, save, expected):
+    every = train.read_back_every(log, save)
+    assert every == expected and log % every == 0 and save % every == 0
