@@ -133,6 +133,14 @@ def model_configs(cuda, quick):
     return out
 
 
+def first_step_seconds(stepper, batches, device):
+    """Seconds of the first training step, where torch.compile compiles."""
+    t = time.perf_counter()
+    stepper(*next(batches))
+    sync(device)
+    return time.perf_counter() - t
+
+
 def measure_model(device, arch, amp, cl, comp, sz):
     """Images/s, step ms, first-step (compile) seconds and peak GPU memory of one configuration."""
     cuda = device.type == "cuda"
@@ -143,10 +151,7 @@ def measure_model(device, arch, amp, cl, comp, sz):
         torch.cuda.reset_peak_memory_stats(device)
     stepper = Stepper(device, amp, cl, comp, arch=arch)
     batches = synthetic_batches(sz["batch"], device)
-    t = time.perf_counter()
-    stepper(*next(batches))                                  # the first step compiles
-    sync(device)
-    first = time.perf_counter() - t
+    first = first_step_seconds(stepper, batches, device)
     ips = rate(batches, sz["steps"], sz["batch"], device, stepper, warmup=sz["warmup"] - 1)
     r = {"images_per_s": ips, "step_ms": 1000 * sz["batch"] / ips, "first_step_s": first}
     if cuda:
@@ -237,16 +242,13 @@ def feeds(device, sz, data, budget, on_row=None):
     cuda = device.type == "cuda"
     root, stores, info = data
     res = dict(info)
-    # train.py's settings on this device: bf16 + channels_last + compiled on CUDA (the issue's target
-    # configuration), fp32 NCHW eager on the CPU
+    # train.py's fast settings on this device: bf16 + channels_last + compiled on CUDA, fp32 NCHW eager on
+    # the CPU (compiling costs more there than it saves in a few steps)
     amp, cl, comp, bs, workers = ("bf16" if cuda else "none"), cuda, cuda, sz["feed_batch"], sz["workers"]
     res["step"] = {"arch": "paper", "amp": amp, "channels_last": cl, "compile": comp, "batch": bs}
     stepper = Stepper(device, amp, cl, comp)
     synthetic = synthetic_batches(bs, device)
-    t = time.perf_counter()
-    stepper(*next(synthetic))                                # the first step compiles
-    sync(device)
-    res["step"]["first_step_s"] = time.perf_counter() - t
+    res["step"]["first_step_s"] = first_step_seconds(stepper, synthetic, device)
     model = [rate(synthetic, sz["steps"], bs, device, stepper, warmup=1)]
 
     def make(name):
@@ -436,6 +438,10 @@ def main(argv=None):
         res["markdown"] = markdown(res)
         atomic_write(a.json, json.dumps(res, indent=1).encode())
         atomic_write(os.path.splitext(a.json)[0] + ".md", (res["markdown"] + "\n").encode())
+
+    def feeds_so_far(f):
+        res["feeds"] = f
+        save()
     save()
     if not a.no_tests:
         res["tests"] = run_tests(min(sz["tests_timeout"], max(30, budget.seconds - 120)),
@@ -448,7 +454,7 @@ def main(argv=None):
         data = prepare_data(sz, work)
         res["model"] = with_baseline(model_matrix(device, sz, a.quick, budget, compiled=False))
         save()
-        res["feeds"] = feeds(device, sz, data, budget, on_row=lambda f: (res.__setitem__("feeds", f), save()))
+        res["feeds"] = feeds(device, sz, data, budget, on_row=feeds_so_far)
         save()
         res["lrn"] = lrn_compile(device, sz, budget)
         save()
