@@ -16,11 +16,6 @@ def topk_counts(scores, target, ks=(1, 5)):
     return torch.stack([(others_ge < k).sum() for k in ks])       # no host tensor: nothing waits for the device
 
 
-def topk_correct(scores, target, ks=(1, 5)):
-    """`topk_counts` as a list of ints (reads the counts back to the host)."""
-    return topk_counts(scores, target, ks).tolist()
-
-
 class EpochTotals:
     """Running sums of one epoch: loss (sum over samples), top-1 / top-5 counts, sample and batch counts.
 

@@ -15,7 +15,7 @@ import evaluate as evaluate_script
 from alexnet.config import DataConfig
 from alexnet.engine import Amp, evaluate
 from alexnet.errors import UserError, run_main
-from alexnet.metrics import topk_correct
+from alexnet.metrics import topk_counts
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -31,22 +31,22 @@ def test_topk_hand_made():
         [1., 2, 3, 4, 5, 6, 9],   # true 1: rank 6 -> neither
     ])
     target = torch.tensor([0, 2, 3, 2, 1])
-    assert topk_correct(scores, target, ks=(1, 5)) == [1, 3]
-    assert topk_correct(scores, target, ks=(1, 2, 7)) == [1, 1, 5]
+    assert topk_counts(scores, target, ks=(1, 5)).tolist() == [1, 3]
+    assert topk_counts(scores, target, ks=(1, 2, 7)).tolist() == [1, 1, 5]
 
 
 def test_topk_ties_count_against_the_prediction():
     # true class tied with one other at the top: not top-1, but top-2 and top-5
     tie_top = torch.tensor([[5., 5, 1, 0, 0, 0]])
-    assert topk_correct(tie_top, torch.tensor([1]), ks=(1, 2, 5)) == [0, 1, 1]
-    assert topk_correct(tie_top, torch.tensor([0]), ks=(1, 2, 5)) == [0, 1, 1]
+    assert topk_counts(tie_top, torch.tensor([1]), ks=(1, 2, 5)).tolist() == [0, 1, 1]
+    assert topk_counts(tie_top, torch.tensor([0]), ks=(1, 2, 5)).tolist() == [0, 1, 1]
     # a constant output is never correct, whatever the class (6 classes: 5 others tie with the truth)
     const = torch.zeros(4, 6)
-    assert topk_correct(const, torch.tensor([0, 1, 2, 5]), ks=(1, 5)) == [0, 0]
+    assert topk_counts(const, torch.tensor([0, 1, 2, 5]), ks=(1, 5)).tolist() == [0, 0]
     # true class tied with four others just below the top: 5 classes >= it besides itself -> not top-5
     tie_mid = torch.tensor([[9., 3, 3, 3, 3, 3, 0]])
-    assert topk_correct(tie_mid, torch.tensor([3]), ks=(1, 5)) == [0, 0]
-    assert topk_correct(tie_mid, torch.tensor([0]), ks=(1, 5)) == [1, 1]
+    assert topk_counts(tie_mid, torch.tensor([3]), ks=(1, 5)).tolist() == [0, 0]
+    assert topk_counts(tie_mid, torch.tensor([0]), ks=(1, 5)).tolist() == [1, 1]
 
 
 class _Passthrough(torch.nn.Module):
@@ -67,7 +67,7 @@ def test_evaluate_batches_not_dividing_the_dataset(batch_size):
     target[5:9] = 3
     loader = DataLoader(TensorDataset(logits[:, :, None, None], target), batch_size=batch_size)
     out = evaluate(_Passthrough(), loader, Amp("none", "cpu"))
-    c1, c5 = topk_correct(logits, target, ks=(1, 5))
+    c1, c5 = topk_counts(logits, target, ks=(1, 5)).tolist()
     assert out["n"] == n
     assert out["top1"] == pytest.approx(100.0 * c1 / n, abs=1e-9)
     assert out["top5"] == pytest.approx(100.0 * c5 / n, abs=1e-9)
@@ -109,7 +109,7 @@ def test_ten_crop_averages_softmax_like_torchvision_tencrop():
     assert out["n"] == n
     assert out["loss"] == pytest.approx(-probs[torch.arange(n), target].log().mean().item(), rel=1e-5)
     assert out["top1"] == pytest.approx(100.0 * (probs.argmax(1) == target).sum().item() / n)
-    assert out["top5"] == pytest.approx(100.0 * topk_correct(probs, target, ks=(5,))[0] / n)
+    assert out["top5"] == pytest.approx(100.0 * topk_counts(probs, target, ks=(5,)).tolist()[0] / n)
 
 
 class _Const(torch.nn.Module):
@@ -256,7 +256,7 @@ def test_torchvision_weights_use_torchvision_preprocessing(demo_root, tmp_path):
     images, targets = next(iter(DataLoader(ds, batch_size=len(ds))))
     with torch.no_grad():
         logits = tv_model(images)
-    c1, c5 = topk_correct(logits, targets)
+    c1, c5 = topk_counts(logits, targets).tolist()
     assert result["images"] == len(ds) == 12
     assert result["top1"] == pytest.approx(100.0 * c1 / 12) and result["top5"] == pytest.approx(100.0 * c5 / 12)
     assert result["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, targets).item(), rel=1e-4)
